@@ -1,0 +1,1 @@
+"""The HTTP/WebSocket localisation service robots query (not yet implemented: see issue 5)."""

@@ -1,0 +1,17 @@
+"""The ``spikebot`` command: one group per capability (``spikebot vpr ...``)."""
+
+from __future__ import annotations
+
+import click
+
+from spikebot.provenance import __version__
+from vpr.cli import vpr
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="spikebot")
+def main() -> None:
+    """spikebot: neuromorphic place recognition, policies and event-camera processing."""
+
+
+main.add_command(vpr)

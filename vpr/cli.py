@@ -1,0 +1,150 @@
+"""``spikebot vpr``: evaluate methods on place datasets, benchmark them, list and fetch datasets.
+
+A thin shell: it parses options into typed configs and calls the core; it holds no algorithmic logic.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from vpr.datasets import load_folder_dataset, load_registered, load_registry
+from vpr.errors import SpikebotError
+from vpr.evaluate import compute_distances, score_run
+from vpr.methods import METHODS, create_method
+from vpr.report import markdown_table, text_table, write_result
+from vpr.sequence import SequenceConfig
+
+
+def _load_dataset(dataset, reference, query, ground_truth, tolerance, split, data_root):
+    if dataset in load_registry():
+        return load_registered(dataset, reference, query, data_root=data_root, split=split, tolerance=tolerance)
+    folder = Path(dataset)
+    if not folder.is_dir():
+        raise click.BadParameter(
+            f"{dataset!r} is neither a registered dataset ({', '.join(sorted(load_registry()))}) nor a folder",
+            param_hint="--dataset",
+        )
+    if not reference or not query:
+        raise click.UsageError("a folder dataset needs --reference and --query (sub-folders of it, or paths)")
+    if split != "all":
+        raise click.UsageError("--split applies to registered datasets only")
+    return load_folder_dataset(
+        folder / reference, folder / query, ground_truth_file=ground_truth, tolerance=tolerance or 0, name=folder.name
+    )
+
+
+def _run_guarded(function):
+    """Turn the errors a user can fix into a one-line message and exit status 1, not a traceback."""
+    try:
+        return function()
+    except (SpikebotError, KeyError, ValueError) as error:
+        raise click.ClickException(str(error).strip("'\"")) from error
+
+
+@click.group()
+def vpr() -> None:
+    """Visual place recognition."""
+
+
+dataset_options = [
+    click.option("--dataset", default="demo", show_default=True, help="Registered dataset name, or a folder holding traverse folders."),
+    click.option("--reference", help="Reference traverse (registered name, or sub-folder/path for a folder dataset)."),
+    click.option("--query", help="Query traverse."),
+    click.option("--ground-truth", type=click.Path(dir_okay=False), help="Folder datasets: VPR-Bench .npy or query,reference CSV."),
+    click.option("--tolerance", type=click.IntRange(min=0), help="Frames either side that count as a match (default: the dataset's)."),
+    click.option("--split", type=click.Choice(["calibration", "test", "all"]), default="all", show_default=True),
+    click.option("--data-root", type=click.Path(file_okay=False), help="Where datasets live (default: $SPIKEBOT_DATA, else datasets/)."),
+]
+
+
+def with_dataset_options(command):
+    for option in reversed(dataset_options):
+        command = option(command)
+    return command
+
+
+@vpr.command("eval")
+@with_dataset_options
+@click.option("--method", type=click.Choice(sorted(METHODS)), default="sad", show_default=True)
+@click.option("--seq-len", type=click.IntRange(min=1), default=1, show_default=True, help="Sequence length L (1 = single frame).")
+@click.option("--seq-mode", type=click.Choice(["diagonal", "seqslam"]), default="diagonal", show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), default="runs/eval", show_default=True, help="Where results go.")
+def eval_command(dataset, reference, query, ground_truth, tolerance, split, data_root, method, seq_len, seq_mode, out):
+    """Evaluate METHOD on a dataset: prints a table, writes results.json/.md and plots to OUT."""
+
+    def run():
+        data = _load_dataset(dataset, reference, query, ground_truth, tolerance, split, data_root)
+        result = score_run(compute_distances(data, create_method(method)), SequenceConfig(length=seq_len, mode=seq_mode))
+        summary = write_result(result, out)
+        click.echo(text_table([summary]))
+        click.echo(f"results written to {Path(out).resolve()}")
+
+    _run_guarded(run)
+
+
+def _parse_protocol(text: str) -> tuple[str, str, str, str]:
+    parts = text.split(":")
+    if len(parts) not in (3, 4):
+        raise click.BadParameter(f"{text!r}: expected DATASET:REFERENCE:QUERY[:SPLIT]", param_hint="--protocol")
+    return (*parts, "all") if len(parts) == 3 else tuple(parts)  # type: ignore[return-value]
+
+
+DEFAULT_PROTOCOLS = (
+    "gardens_point:day_right:night_right",
+    "gardens_point:day_left:day_right",
+    "nordland_trimmed:summer:winter:test",
+)
+
+
+@vpr.command("benchmark")
+@click.option("--protocol", "protocols", multiple=True, default=DEFAULT_PROTOCOLS, show_default=True,
+              help="DATASET:REFERENCE:QUERY[:SPLIT], repeatable.")
+@click.option("--method", "methods", multiple=True, type=click.Choice(sorted(METHODS)), default=("sad",), show_default=True)
+@click.option("--seq-len", "seq_lens", multiple=True, type=click.IntRange(min=1), default=(1, 5, 10), show_default=True)
+@click.option("--seq-mode", type=click.Choice(["diagonal", "seqslam"]), default="diagonal", show_default=True)
+@click.option("--tolerance", type=click.IntRange(min=0), help="Override every dataset's default tolerance.")
+@click.option("--data-root", type=click.Path(file_okay=False))
+@click.option("--out", type=click.Path(file_okay=False), default="runs/benchmark", show_default=True)
+def benchmark_command(protocols, methods, seq_lens, seq_mode, tolerance, data_root, out):
+    """Every METHOD on every PROTOCOL at every sequence length: one distance matrix each, one row per L."""
+
+    def run():
+        summaries = []
+        for protocol in protocols:
+            name, reference, query, split = _parse_protocol(protocol)
+            data = load_registered(name, reference, query, data_root=data_root, split=split, tolerance=tolerance)
+            for method in methods:
+                distances = compute_distances(data, create_method(method))
+                for length in seq_lens:
+                    result = score_run(distances, SequenceConfig(length=length, mode=seq_mode))
+                    row_dir = Path(out) / f"{name}-{reference}-{query}-{split}" / method / f"L{length}"
+                    summaries.append(write_result(result, row_dir))
+                    click.echo(text_table(summaries[-1:]).splitlines()[-1])
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "benchmark.json").write_text(json.dumps(summaries, indent=2) + "\n")
+        (Path(out) / "benchmark.md").write_text(markdown_table(summaries))
+        click.echo("\n" + markdown_table(summaries))
+
+    _run_guarded(run)
+
+
+@vpr.command("datasets")
+def datasets_command() -> None:
+    """List the registered datasets, their traverses and where they come from."""
+    for spec in load_registry().values():
+        click.echo(f"{spec.name}: {spec.description}")
+        click.echo(f"    traverses: {', '.join(spec.traverses)}; tolerance {spec.default_tolerance}; licence: {spec.licence}")
+
+
+@vpr.command("fetch")
+@click.argument("name")
+@click.option("--data-root", type=click.Path(file_okay=False))
+def fetch_command(name, data_root):
+    """Download a registered dataset into the data root (needs internet)."""
+    from vpr.datasets import get_spec
+    from vpr.fetch import fetch_dataset
+
+    _run_guarded(lambda: click.echo(f"{name} is in {fetch_dataset(get_spec(name), data_root)}"))

@@ -1,0 +1,6 @@
+"""Place-recognition methods, chosen by name: each builds a map from reference images and scores queries."""
+
+from vpr.methods.base import METHODS, PlaceMethod, create_method, register_method
+from vpr.methods.sad import SADMethod
+
+__all__ = ["METHODS", "PlaceMethod", "SADMethod", "create_method", "register_method"]
