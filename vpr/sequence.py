@@ -2,8 +2,11 @@
 
 Both forms score the sequence of the ``length`` most recent query frames ending at query ``q`` against a path
 through the references ending at reference ``r``. Windows are causal, so the offline form (whole matrix at once)
-and the online form (one query row at a time, as a robot streams frames) give identical answers. Where a path
-would run off the start of the map or the stream, the mean is taken over the terms that exist.
+and the online form (one query row at a time, as a robot streams frames) give identical answers. A path that
+would run off the start of the map takes, for each missing reference, the mean of that query row: missing
+evidence counts as an average place, so paths near the map's start are neither favoured (fewer noisy terms) nor
+excluded. At the start of the stream, where fewer than ``length`` query frames exist, every path uses the
+frames there are.
 
 - ``diagonal``: the SNN VPR papers' form, the mean of ``D[q-k, r-k]`` for ``k < length`` (an identity kernel).
 - ``seqslam``: SeqSLAM's form: each query row is contrast-enhanced over a local window of references, then the
@@ -58,16 +61,16 @@ def enhance_contrast(distances: np.ndarray, window: int) -> np.ndarray:
 
 
 def _path_mean(distances: np.ndarray, length: int, velocity: float) -> np.ndarray:
-    """Mean of ``D[q-k, r - round(velocity k)]`` over the terms that exist, for every (q, r)."""
+    """Mean of ``D[q-k, r - round(velocity k)]`` over the path's query frames, for every (q, r)."""
     n_query, n_reference = distances.shape
+    row_means = distances.mean(axis=1, keepdims=True)
     total = np.zeros_like(distances, dtype=np.float64)
-    count = np.zeros_like(distances, dtype=np.float64)
+    count = np.zeros((n_query, 1))
     for k in range(min(length, n_query)):
-        shift = int(round(velocity * k))
-        if shift >= n_reference:
-            break
+        shift = min(int(round(velocity * k)), n_reference)
         total[k:, shift:] += distances[: n_query - k, : n_reference - shift]
-        count[k:, shift:] += 1.0
+        total[k:, :shift] += row_means[: n_query - k]
+        count[k:] += 1.0
     return total / count
 
 

@@ -1,0 +1,28 @@
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """The real datasets under $SPIKEBOT_DATA; tests that need them skip with the reason when absent."""
+    root = os.environ.get("SPIKEBOT_DATA")
+    if not root:
+        pytest.skip("SPIKEBOT_DATA is not set: real-data tests need the shared datasets")
+    path = Path(root).resolve()
+    if not path.is_dir():
+        pytest.skip(f"SPIKEBOT_DATA={root} does not exist")
+    return path
+
+
+def write_images(folder: Path, images: np.ndarray, suffix: str = ".png") -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index, image in enumerate(images):
+        path = folder / f"frame{index:03d}{suffix}"
+        Image.fromarray(image).save(path)
+        paths.append(path)
+    return paths

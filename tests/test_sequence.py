@@ -1,0 +1,76 @@
+import numpy as np
+import pytest
+
+from vpr.sequence import OnlineSequenceMatcher, SequenceConfig, enhance_contrast, match_sequences
+
+
+def test_length_one_is_identity():
+    distances = np.random.default_rng(0).random((4, 6))
+    assert match_sequences(distances, SequenceConfig(length=1)) is distances
+
+
+def test_diagonal_by_hand():
+    distances = np.arange(12, dtype=float).reshape(3, 4)
+    out = match_sequences(distances, SequenceConfig(length=2))
+    # (q, r) averages D[q, r] and D[q-1, r-1]; the first query row has no history; off the map's start the
+    # missing term is the mean of its query row.
+    assert out[0].tolist() == distances[0].tolist()
+    assert out[1, 0] == pytest.approx((distances[1, 0] + distances[0].mean()) / 2)
+    assert out[1, 1] == pytest.approx((distances[1, 1] + distances[0, 0]) / 2)
+    assert out[2, 3] == pytest.approx((distances[2, 3] + distances[1, 2]) / 2)
+
+
+def test_diagonal_recovers_a_route_hidden_in_noise():
+    rng = np.random.default_rng(1)
+    n = 60
+    distances = rng.random((n, n)) + 0.3
+    distances[np.arange(n), np.arange(n)] -= 0.3  # true match only slightly better than noise
+    single = np.mean((np.argmin(distances, axis=1) == np.arange(n))[10:])
+    sequenced = np.mean((np.argmin(match_sequences(distances, SequenceConfig(length=10)), axis=1) == np.arange(n))[10:])
+    assert single < 0.6 and sequenced > 0.9
+
+
+def test_contrast_enhancement_by_hand():
+    row = np.array([[1.0, 2.0, 3.0, 10.0]])
+    out = enhance_contrast(row, window=2)  # windows of +-1: {1,2}, {1,2,3}, {2,3,10}, {3,10}
+    expected = [(1 - 1.5) / 0.5, 0.0, (3 - 5) / np.std([2, 3, 10]), (10 - 6.5) / 3.5]
+    np.testing.assert_allclose(out[0], expected, rtol=1e-6)
+
+
+def test_seqslam_follows_a_faster_route_that_the_diagonal_misses():
+    rng = np.random.default_rng(2)
+    n_query, n_reference = 50, 100
+    route = 2 * np.arange(n_query)  # the query robot moves two reference places per frame
+    distances = rng.random((n_query, n_reference)) + 0.4
+    distances[np.arange(n_query), route] -= 0.4
+
+    def accuracy(matrix):
+        return np.mean((np.abs(np.argmin(matrix, axis=1) - route) <= 1)[10:])
+
+    seqslam = SequenceConfig(length=10, mode="seqslam", min_velocity=1.5, max_velocity=2.5, velocity_steps=3)
+    assert accuracy(distances) < 0.6
+    assert accuracy(match_sequences(distances, seqslam)) > 0.9
+    assert accuracy(match_sequences(distances, SequenceConfig(length=10))) < 0.6
+
+
+@pytest.mark.parametrize("config", [SequenceConfig(length=1), SequenceConfig(length=5), SequenceConfig(length=7, mode="seqslam")])
+def test_online_equals_offline(config):
+    distances = np.random.default_rng(3).random((30, 25))
+    matcher = OnlineSequenceMatcher(config)
+    online = np.stack([matcher.push(row) for row in distances])
+    np.testing.assert_allclose(online, match_sequences(distances, config), rtol=1e-12)
+
+
+def test_online_rejects_changing_map_size():
+    matcher = OnlineSequenceMatcher(SequenceConfig(length=3))
+    matcher.push(np.zeros(5))
+    with pytest.raises(ValueError, match="references"):
+        matcher.push(np.zeros(6))
+    with pytest.raises(ValueError, match="one row"):
+        matcher.push(np.zeros((2, 5)))
+
+
+@pytest.mark.parametrize("kwargs", [{"length": 0}, {"mode": "dtw"}, {"mode": "seqslam", "min_velocity": 2.0, "max_velocity": 1.0}])
+def test_invalid_configs(kwargs):
+    with pytest.raises(ValueError):
+        SequenceConfig(**kwargs)
