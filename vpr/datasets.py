@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import re
 import sys
@@ -217,9 +218,11 @@ def load_registered(
     info: dict[str, Any] = {"source": spec.source, "licence": spec.licence, "reference": reference, "query": query}
 
     if spec.is_synthetic:
-        from vpr.synthetic import synthetic_traverses
+        from vpr.synthetic import RouteConfig, synthetic_traverses
 
-        all_traverses = synthetic_traverses()
+        route = RouteConfig()
+        all_traverses = synthetic_traverses(route)
+        info["generator"] = {"module": "vpr.synthetic", **dataclasses.asdict(route)}
     else:
         root = resolve_data_root(data_root) / name
         if not root.is_dir():

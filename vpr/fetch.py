@@ -41,14 +41,13 @@ def _unpack(archive: Path, destination: Path) -> None:
 
 
 def _find_traverse_parent(tree: Path, spec: DatasetSpec) -> Path:
-    """The folder inside an unpacked archive that holds all of the dataset's traverse folders."""
-    wanted = set(spec.traverses.values())
-    if spec.fetch.subdir and (tree / spec.fetch.subdir).is_dir():
-        return tree / spec.fetch.subdir
-    for candidate in [tree, *sorted(p for p in tree.rglob("*") if p.is_dir())]:
+    """The folder inside an unpacked archive that holds the dataset's default reference and query folders."""
+    wanted = {spec.traverses[spec.default_reference], spec.traverses[spec.default_query]}
+    pattern = spec.fetch.subdir or "**"
+    for candidate in sorted(p for p in [tree, *tree.glob(pattern)] if p.is_dir()):
         if wanted <= {child.name for child in candidate.iterdir() if child.is_dir()}:
             return candidate
-    raise FetchError(f"the archive for {spec.name} does not contain the folders {sorted(wanted)}")
+    raise FetchError(f"the archive for {spec.name} has no folder {pattern} holding {sorted(wanted)}")
 
 
 def fetch_dataset(spec: DatasetSpec, data_root: str | Path | None = None, *, timeout: float = 60.0) -> Path:
@@ -58,7 +57,8 @@ def fetch_dataset(spec: DatasetSpec, data_root: str | Path | None = None, *, tim
     if not spec.fetch.url:
         raise FetchError(f"{spec.name} cannot be downloaded automatically. {spec.fetch.instructions}")
     target = resolve_data_root(data_root) / spec.name
-    if target.is_dir() and all((target / folder).is_dir() for folder in spec.traverses.values()):
+    wanted = (spec.traverses[spec.default_reference], spec.traverses[spec.default_query])
+    if all((target / folder).is_dir() for folder in wanted):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{spec.name}-") as scratch:
