@@ -2,5 +2,6 @@
 
 from vpr.methods.base import METHODS, PlaceMethod, create_method, register_method
 from vpr.methods.sad import SADMethod
+from vpr.methods.snn import SNNEnsembleMethod, SNNModularMethod
 
-__all__ = ["METHODS", "PlaceMethod", "SADMethod", "create_method", "register_method"]
+__all__ = ["METHODS", "PlaceMethod", "SADMethod", "SNNEnsembleMethod", "SNNModularMethod", "create_method", "register_method"]

@@ -1,0 +1,98 @@
+"""Spiking methods: one modular network (``snn-modular``) or an ensemble of them (``snn-ensemble``)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from vpr.methods.base import PlaceMethod, register_method
+from vpr.preprocess import preprocess
+from vpr.snn.config import EnsembleConfig
+from vpr.snn.encoding import image_rates
+from vpr.snn.model import MapError, SpikingMap, fingerprint_rates
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass(frozen=True)
+class SNNMethodConfig:
+    """``ensemble`` is trained on the reference traverse unless ``map_dir`` names a map built earlier."""
+
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
+    map_dir: str | None = None
+    device: str = field(default_factory=default_device)
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides: Any) -> SNNMethodConfig:
+        """An ensemble configuration saved as JSON (``spikebot vpr calibrate`` writes these)."""
+        data = json.loads(Path(path).read_text())
+        return cls(ensemble=EnsembleConfig.from_dict(data.get("ensemble", data)), **overrides)
+
+
+@dataclass(frozen=True)
+class SNNModularConfig(SNNMethodConfig):
+    ensemble: EnsembleConfig = field(default_factory=lambda: EnsembleConfig(seeds=(0,)))
+
+
+def _epoch_bar(total: int):
+    def factory(description: str):
+        bar = tqdm(total=total, desc=description, unit="epoch", disable=None, leave=False)
+        return lambda epoch: bar.update(1) if epoch + 1 < total else bar.close()
+
+    return factory
+
+
+@register_method
+class SNNEnsembleMethod(PlaceMethod):
+    """Modular spiking networks, each module learning one region of the map, their place scores summed."""
+
+    name = "snn-ensemble"
+    config_type = SNNMethodConfig
+
+    def _rates(self, images: Iterable[np.ndarray]) -> torch.Tensor:
+        return image_rates(preprocess(images, self.config.ensemble.network.preprocess))
+
+    def build_map(self, reference_images: Iterable[np.ndarray]) -> None:
+        rates = self._rates(reference_images)
+        fingerprint = fingerprint_rates(rates)
+        if self.config.map_dir is not None:
+            self.map = SpikingMap.load(self.config.map_dir)
+            if self.map.reference_fingerprint != fingerprint:
+                raise MapError(
+                    f"map {self.config.map_dir} was built on other reference images "
+                    f"(fingerprint {self.map.reference_fingerprint}, these are {fingerprint})"
+                )
+        else:
+            ensemble = self.config.ensemble
+            self.map = SpikingMap.train(rates, ensemble, fingerprint, device=self.config.device,
+                                        progress=_epoch_bar(ensemble.network.epochs))
+        self.readouts = self.map.compile()
+
+    def distances(self, query_images: Iterable[np.ndarray]) -> np.ndarray:
+        with torch.inference_mode():
+            return (-self.map.scores(self._rates(query_images), self.readouts)).numpy()
+
+    def describe(self) -> dict[str, Any]:
+        described = {"name": self.name, "config": {"ensemble": self.map.config.to_dict() if hasattr(self, "map") else
+                                                   self.config.ensemble.to_dict(), "map_dir": self.config.map_dir,
+                                                   "device": self.config.device}}
+        if hasattr(self, "map"):
+            described["map_statistics"] = self.map.statistics()
+        return described
+
+
+@register_method
+class SNNModularMethod(SNNEnsembleMethod):
+    """A single modular spiking network (an ensemble of one)."""
+
+    name = "snn-modular"
+    config_type = SNNModularConfig

@@ -1,0 +1,30 @@
+"""From patch-normalised images to input rates and spike trains."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from vpr.snn.config import NetworkConfig
+
+
+def image_rates(normalised: np.ndarray) -> torch.Tensor:
+    """Map (N, H, W) images in [-1, 1] to (N, H*W) relative rates in [0, 1] (VPRSNN: 0 to 63.75 Hz)."""
+    flat = np.asarray(normalised, dtype=np.float32).reshape(len(normalised), -1)
+    return torch.from_numpy((flat + 1.0) / 2.0)
+
+
+def drive_scale(config: NetworkConfig) -> float:
+    """From ``rates @ weights`` to input current: ``input_gain`` times the weight-averaged input rate."""
+    return config.input_gain / (config.weight_sum_per_input * config.n_inputs)
+
+
+def poisson_spike_trains(rates: torch.Tensor, config: NetworkConfig, generator: torch.Generator) -> torch.Tensor:
+    """Discrete-time Poisson spike trains: (..., inputs) rates to (..., steps, inputs) spikes."""
+    probability = (rates * config.max_rate_per_ms * config.dt_ms).unsqueeze(-2)
+    return torch.bernoulli(probability.expand(*rates.shape[:-1], config.n_steps, rates.shape[-1]).contiguous(), generator=generator)
+
+
+def spike_train_drive(spikes: torch.Tensor, weights: torch.Tensor, config: NetworkConfig) -> torch.Tensor:
+    """Input current per step from input spikes, scaled so its mean equals the rate-encoded drive."""
+    return torch.bmm(spikes, weights) * (drive_scale(config) / (config.max_rate_per_ms * config.dt_ms))

@@ -1,0 +1,228 @@
+"""A trained modular network, an ensemble of them, and the self-describing map artefact they are saved as."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from spikebot.provenance import __version__
+from vpr.errors import SpikebotError
+from vpr.snn.config import EnsembleConfig, NetworkConfig
+from vpr.snn.encoding import drive_scale
+from vpr.snn.readout import assign_neurons, place_scores, query_responses, winner_spike_counts
+from vpr.snn.training import train_modules
+
+ARTEFACT_FORMAT = "spikebot-snn-map/1"
+
+
+class MapError(SpikebotError):
+    """A map artefact is missing, corrupt, from an incompatible version, or built on other reference images."""
+
+
+@dataclass
+class ModularNetwork:
+    """One trained modular network: per module, input weights, thresholds, region, and per neuron its assigned
+    place, ambiguity weight and the number of map places it fires for (its hyperactivity)."""
+
+    config: NetworkConfig
+    weights: torch.Tensor  # (modules, inputs, neurons)
+    thresholds: torch.Tensor  # (modules, neurons)
+    regions: torch.Tensor  # (modules, places_per_module), -1 padding
+    assigned_place: torch.Tensor  # (modules, neurons), -1 unassigned
+    ambiguity_weight: torch.Tensor  # (modules, neurons)
+    places_fired: torch.Tensor  # (modules, neurons)
+    n_places: int
+
+    @classmethod
+    def train(cls, rates: torch.Tensor, config: NetworkConfig, *, device: str = "cpu",
+              on_epoch: Callable[[int], None] | None = None) -> ModularNetwork:
+        weights, thresholds, regions = train_modules(rates, config, device=device, on_epoch=on_epoch)
+        # Stored as float16: quantise now, so the map in memory scores exactly as the map reloaded from disk.
+        weights = weights.half().float()
+        network = cls(config, weights, thresholds, regions, *(torch.empty(0),) * 3, n_places=len(rates))
+        network.label(rates)
+        return network
+
+    def label(self, rates: torch.Tensor, chunk: int = 256) -> None:
+        """Assign neurons to their region's places, then count for every neuron how many places of the WHOLE map
+        make it fire: the hyperactivity measure used to drop neurons that answer outside their region."""
+        n_modules, _, n_neurons = self.weights.shape
+        own_rates = rates[self.regions.clamp(min=0)]  # (modules, places_per_module, inputs)
+        own_drive = torch.bmm(own_rates, self.weights) * drive_scale(self.config)
+        own = query_responses(
+            own_drive.reshape(n_modules, -1, n_neurons).transpose(0, 1).reshape(own_rates.shape[1], -1),
+            self.thresholds.reshape(-1), self._module_index(), self.config,
+        ).reshape(own_rates.shape[1], n_modules, n_neurons).transpose(0, 1)
+        self.assigned_place, self.ambiguity_weight = assign_neurons(own, self.regions)
+        fired = torch.zeros(n_modules * n_neurons, dtype=torch.long)
+        flat_weights, flat_thresholds = self._flat_weights(), self.thresholds.reshape(-1)
+        for start in range(0, len(rates), chunk):
+            drive = rates[start : start + chunk] @ flat_weights * drive_scale(self.config)
+            fired += (winner_spike_counts(drive, flat_thresholds, self._module_index(), self.config) > 0).sum(dim=0)
+        self.places_fired = fired.view_as(self.thresholds)
+
+    def _module_index(self) -> torch.Tensor:
+        return torch.arange(self.weights.shape[0]).repeat_interleave(self.weights.shape[2])
+
+    def _flat_weights(self) -> torch.Tensor:
+        return self.weights.permute(1, 0, 2).reshape(self.weights.shape[1], -1)
+
+    def readout_neurons(self, hyperactive_threshold: int | None) -> torch.Tensor:
+        """Flat indices of the neurons scored at query time: assigned, and not hyperactive."""
+        keep = self.assigned_place.reshape(-1) >= 0
+        if hyperactive_threshold is not None:
+            keep &= self.places_fired.reshape(-1) < hyperactive_threshold
+        return torch.nonzero(keep).squeeze(1)
+
+    def hyperactive_share(self, hyperactive_threshold: int | None) -> float:
+        if hyperactive_threshold is None:
+            return 0.0
+        return float((self.places_fired >= hyperactive_threshold).float().mean())
+
+    def compile(self, hyperactive_threshold: int | None, assignment: str) -> CompiledReadout:
+        kept = self.readout_neurons(hyperactive_threshold)
+        weight = self.ambiguity_weight.reshape(-1)[kept] if assignment == "weighted" else torch.ones(len(kept))
+        return CompiledReadout(
+            self.config, self._flat_weights()[:, kept].contiguous() * drive_scale(self.config),
+            self.thresholds.reshape(-1)[kept], self._module_index()[kept], self.assigned_place.reshape(-1)[kept],
+            weight, self.n_places,
+        )
+
+
+@dataclass
+class CompiledReadout:
+    """Only what a query needs: the kept neurons' scaled weights, thresholds, places and weights."""
+
+    config: NetworkConfig
+    scaled_weights: torch.Tensor  # (inputs, kept neurons)
+    thresholds: torch.Tensor
+    module: torch.Tensor
+    place: torch.Tensor
+    weight: torch.Tensor
+    n_places: int
+
+    def scores(self, rates: torch.Tensor) -> torch.Tensor:
+        responses = query_responses(rates @ self.scaled_weights, self.thresholds, self.module, self.config)
+        return place_scores(responses, self.place, self.weight, self.n_places)
+
+
+@dataclass
+class SpikingMap:
+    """An ensemble of modular networks over one reference traverse (one member: a single modular network)."""
+
+    config: EnsembleConfig
+    members: list[ModularNetwork]
+    reference_fingerprint: str
+    training_seconds: float = 0.0
+
+    @classmethod
+    def train(cls, rates: torch.Tensor, config: EnsembleConfig, fingerprint: str, *, device: str = "cpu",
+              progress: Callable[[str], Callable[[int], None]] | None = None) -> SpikingMap:
+        start = time.perf_counter()
+        members = []
+        for index, member_config in enumerate(config.member_configs()):
+            on_epoch = progress(f"member {index + 1}/{len(config.seeds)}") if progress else None
+            members.append(ModularNetwork.train(rates, member_config, device=device, on_epoch=on_epoch))
+        return cls(config, members, fingerprint, time.perf_counter() - start)
+
+    def compile(self) -> list[CompiledReadout]:
+        network = self.config.network
+        return [member.compile(network.hyperactive_threshold, network.assignment) for member in self.members]
+
+    def scores(self, rates: torch.Tensor, readouts: list[CompiledReadout] | None = None) -> torch.Tensor:
+        """(queries, places) ensemble scores, higher meaning more likely the same place."""
+        total = None
+        for readout in readouts or self.compile():
+            member_scores = readout.scores(rates)
+            if self.config.combination == "normalised_sum":
+                member_scores = member_scores / member_scores.amax(dim=1, keepdim=True).clamp(min=1e-12)
+            total = member_scores if total is None else total + member_scores
+        return total
+
+    def statistics(self) -> dict[str, Any]:
+        threshold = self.config.network.hyperactive_threshold
+        neurons = sum(member.thresholds.numel() for member in self.members)
+        return {
+            "members": len(self.members),
+            "modules_per_member": [int(member.weights.shape[0]) for member in self.members],
+            "neurons": neurons,
+            "synapses": sum(member.weights.numel() for member in self.members),
+            "assigned_share": float(np.mean([float((m.assigned_place >= 0).float().mean()) for m in self.members])),
+            "hyperactive_removed_share": float(np.mean([m.hyperactive_share(threshold) for m in self.members])),
+            "training_seconds": self.training_seconds,
+        }
+
+    def save(self, directory: str | Path) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        arrays = {}
+        for index, member in enumerate(self.members):
+            arrays[f"{index}.weights"] = member.weights.half().numpy()
+            for name in ("thresholds", "regions", "assigned_place", "ambiguity_weight", "places_fired"):
+                arrays[f"{index}.{name}"] = getattr(member, name).numpy()
+        array_path = directory / "arrays.npz"
+        np.savez(array_path, **arrays)
+        manifest = {
+            "format": ARTEFACT_FORMAT,
+            "spikebot_version": __version__,
+            "config": self.config.to_dict(),
+            "n_places": self.members[0].n_places,
+            "reference_fingerprint": self.reference_fingerprint,
+            "training_seconds": self.training_seconds,
+            "arrays_sha256": _sha256(array_path),
+            "statistics": self.statistics(),
+        }
+        (directory / "map.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> SpikingMap:
+        directory = Path(directory)
+        manifest_path, array_path = directory / "map.json", directory / "arrays.npz"
+        if not manifest_path.is_file() or not array_path.is_file():
+            raise MapError(f"not a spikebot map (needs map.json and arrays.npz): {directory}")
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except json.JSONDecodeError as error:
+            raise MapError(f"corrupt map manifest {manifest_path}: {error}") from error
+        if manifest.get("format") != ARTEFACT_FORMAT:
+            raise MapError(f"{directory} is a map of format {manifest.get('format')!r}; this spikebot reads {ARTEFACT_FORMAT!r}")
+        if _sha256(array_path) != manifest.get("arrays_sha256"):
+            raise MapError(f"corrupt map: {array_path} does not match the checksum in {manifest_path}")
+        try:
+            config = EnsembleConfig.from_dict(manifest["config"])
+            with np.load(array_path) as arrays:
+                members = [
+                    ModularNetwork(
+                        member_config,
+                        torch.from_numpy(arrays[f"{i}.weights"].astype(np.float32)),
+                        *(torch.from_numpy(arrays[f"{i}.{name}"]) for name in
+                          ("thresholds", "regions", "assigned_place", "ambiguity_weight", "places_fired")),
+                        n_places=int(manifest["n_places"]),
+                    )
+                    for i, member_config in enumerate(config.member_configs())
+                ]
+        except (KeyError, ValueError, TypeError) as error:
+            raise MapError(f"map {directory} is inconsistent with its manifest: {error}") from error
+        return cls(config, members, manifest["reference_fingerprint"], manifest.get("training_seconds", 0.0))
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fingerprint_rates(rates: torch.Tensor) -> str:
+    """Identifies the reference images a map was trained on (their preprocessed rates)."""
+    return hashlib.sha256(rates.numpy().astype(np.float32).tobytes()).hexdigest()[:16]

@@ -1,0 +1,71 @@
+"""Query-time readout of a trained modular network: responses, neuronal assignment and place scores.
+
+At query time weights and thresholds are frozen and the query image is rate-encoded, so a presentation has the
+closed form of :mod:`vpr.snn.dynamics`, and one matrix product (the drives) and a logarithm replace a simulation
+of hundreds of steps. Two readouts:
+
+- ``rate`` (default): each neuron's firing rate without lateral inhibition, ``1 / t*``: the exact limit of
+  spike count / presentation time of the simulated neuron. Graded, so places can be ranked beyond the best one.
+- ``wta_counts``: Diehl & Cook's test mode: spike counts in one presentation with the lateral inhibition, so
+  only each module's winners respond. Few spikes per image make most places tie at zero.
+
+Hyperactivity is always measured as in the papers, with the inhibition active: the number of places of the whole
+map for which a neuron wins (fires at all).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from vpr.snn.config import NetworkConfig
+from vpr.snn.dynamics import first_spike_time, presentation_periods, spike_counts_from_periods
+
+
+def winner_spike_counts(drive: torch.Tensor, thresholds: torch.Tensor, module: torch.Tensor, config: NetworkConfig) -> torch.Tensor:
+    """Spike counts (queries, neurons) in one presentation with each module's lateral inhibition.
+
+    Neurons may come from any modules; ``module`` (neurons,) says whose, and the winner-take-all acts within each.
+    """
+    period = presentation_periods(drive, thresholds, config, inhibition=False)
+    if len(module):
+        n_modules = int(module.max()) + 1 if len(module) else 0
+        first = torch.full((period.shape[0], n_modules), torch.inf, dtype=period.dtype, device=period.device)
+        first = first.scatter_reduce(1, module.expand(period.shape[0], -1), period, reduce="amin")
+        winners = period <= first[:, module] + config.inhibition_latency_ms
+        period = torch.where(winners, period, torch.full_like(period, torch.inf))
+    return spike_counts_from_periods(period, config)
+
+
+def query_responses(drive: torch.Tensor, thresholds: torch.Tensor, module: torch.Tensor, config: NetworkConfig) -> torch.Tensor:
+    """The configured readout: firing rates in Hz (``rate``) or winners' spike counts (``wta_counts``)."""
+    if config.query_readout == "wta_counts":
+        return winner_spike_counts(drive, thresholds, module, config)
+    return (1000.0 / first_spike_time(drive, thresholds, config.tau_mem_ms)).to(torch.float32)
+
+
+def assign_neurons(responses: torch.Tensor, regions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Neuronal assignment from each module's responses to its own places.
+
+    ``responses``: (modules, places_per_module, neurons) spike counts; ``regions``: (modules, places_per_module)
+    global place indices, -1 for padding. Returns each neuron's place (the one it responds to most; -1 if it
+    never fires for its region) and its ambiguity weight ``(best - mean of the others) / best`` over its
+    region's places: 1 for a neuron that answers to its place alone, near 0 for one that answers to all alike.
+    """
+    valid = (regions >= 0).unsqueeze(-1)
+    best_response, best_slot = responses.masked_fill(~valid, -1.0).max(dim=1)
+    place = torch.where(best_response > 0, regions.gather(1, best_slot), torch.full_like(best_slot, -1))
+    n_others = (valid.sum(dim=1) - 1).clamp(min=1)
+    mean_others = ((responses * valid).sum(dim=1) - best_response.clamp(min=0)) / n_others
+    weight = ((best_response - mean_others) / best_response.clamp(min=1e-12)).clamp(min=0.0)
+    return place, weight
+
+
+def place_scores(counts: torch.Tensor, place: torch.Tensor, weight: torch.Tensor, n_places: int) -> torch.Tensor:
+    """Weighted mean response of the neurons assigned to each place: (queries, neurons) -> (queries, places).
+
+    Places without assigned neurons score 0.
+    """
+    scores = torch.zeros(counts.shape[0], n_places, dtype=counts.dtype, device=counts.device)
+    scores.index_add_(1, place, counts * weight)
+    total_weight = torch.zeros(n_places, dtype=counts.dtype, device=counts.device).index_add_(0, place, weight.to(counts.dtype))
+    return scores / total_weight.clamp(min=1e-12)
