@@ -13,6 +13,8 @@ spike trains (Poisson input), as two batched matrix products.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from vpr.snn.config import NetworkConfig
@@ -40,11 +42,11 @@ def weight_change_from_spike_trains(inputs: torch.Tensor, spikes: torch.Tensor, 
     return config.learning_rate_post * potentiation - config.learning_rate_pre * depression
 
 
-def weight_change_closed_form(rates: torch.Tensor, period: torch.Tensor, config: NetworkConfig) -> torch.Tensor:
+def weight_change_closed_form(rates: torch.Tensor, period: torch.Tensor, config: NetworkConfig) -> RankOneChange:
     """Summed STDP change for constant input rates (modules, inputs) in [0, 1] and periodic winners.
 
     ``period``: (modules, neurons) inter-spike period in ms (inf for silent neurons); neuron ``j`` fires at
-    ``k * period_j`` for k = 1..K_j within the presentation.
+    ``k * period_j`` for k = 1..K_j within the presentation. Returned as its two factors.
     """
     period = period.to(torch.float64)
     duration = config.presentation_ms
@@ -64,12 +66,31 @@ def weight_change_closed_form(rates: torch.Tensor, period: torch.Tensor, config:
     depression = config.tau_post1_ms * (k - sum_tail)
     per_neuron = config.learning_rate_post * potentiation - config.learning_rate_pre * depression
     per_neuron = torch.where(fires, per_neuron, torch.zeros_like(per_neuron)).to(rates.dtype)
-    input_rates = rates * config.max_rate_per_ms
-    return input_rates.unsqueeze(-1) * per_neuron.unsqueeze(1)
+    return RankOneChange(rates * config.max_rate_per_ms, per_neuron)
 
 
-def normalise_weights(weights: torch.Tensor, config: NetworkConfig) -> torch.Tensor:
-    """Clip to [0, weight_max], then rescale each neuron's input weights to sum to weight_sum_per_input * n_inputs."""
-    weights = weights.clamp(0.0, config.weight_max)
+class RankOneChange(NamedTuple):
+    """A weight change ``per_input[m, i] * per_neuron[m, j]``, kept factored so it is applied in one pass."""
+
+    per_input: torch.Tensor  # (modules, inputs)
+    per_neuron: torch.Tensor  # (modules, neurons)
+
+    def dense(self) -> torch.Tensor:
+        return self.per_input.unsqueeze(-1) * self.per_neuron.unsqueeze(1)
+
+
+def apply_weight_change(weights: torch.Tensor, change: torch.Tensor | RankOneChange, config: NetworkConfig) -> None:
+    """Add ``change`` to ``weights`` in place, clip to [0, weight_max] and renormalise each neuron's inputs to
+    sum to ``weight_sum_per_input * n_inputs`` (Diehl & Cook). In place because the weights of a whole network
+    are large (modules x 784 x 400 floats) and this runs after every presentation."""
+    if isinstance(change, RankOneChange):
+        weights.baddbmm_(change.per_input.unsqueeze(-1), change.per_neuron.unsqueeze(1))
+    else:
+        weights.add_(change)
+    normalise_weights_(weights, config)
+
+
+def normalise_weights_(weights: torch.Tensor, config: NetworkConfig) -> torch.Tensor:
+    weights.clamp_(0.0, config.weight_max)
     target = config.weight_sum_per_input * weights.shape[-2]
-    return weights * (target / weights.sum(dim=-2, keepdim=True).clamp(min=1e-12))
+    return weights.mul_(target / weights.sum(dim=-2, keepdim=True).clamp_(min=1e-12))

@@ -9,7 +9,7 @@ import torch
 from vpr.snn.config import NetworkConfig
 from vpr.snn.dynamics import presentation_periods, simulate_presentation
 from vpr.snn.encoding import drive_scale, poisson_spike_trains, spike_train_drive
-from vpr.snn.learning import normalise_weights, weight_change_closed_form, weight_change_from_spike_trains
+from vpr.snn.learning import RankOneChange, apply_weight_change, normalise_weights_, weight_change_closed_form, weight_change_from_spike_trains
 
 
 def module_regions(n_places: int, config: NetworkConfig, generator: torch.Generator) -> torch.Tensor:
@@ -49,7 +49,7 @@ class _Presenter:
             if change is None:
                 change, counts = trial_change, trial_counts
             else:
-                change = torch.where(retry.view(-1, 1, 1), trial_change, change)
+                change = _select(retry, trial_change, change)
                 counts = torch.where(retry.view(-1, 1), trial_counts, counts)
             retry = active & (counts.sum(dim=1) < config.min_spikes)
             if not retry.any():
@@ -69,6 +69,19 @@ class _Presenter:
         return weight_change_from_spike_trains(spikes_in, spikes, config), spikes.sum(dim=1)
 
 
+def _select(mask: torch.Tensor, new, old):
+    """Per module, ``new`` where ``mask`` else ``old`` (dense or factored changes)."""
+    if isinstance(new, RankOneChange):
+        return RankOneChange(*(torch.where(mask.view(-1, 1), n, o) for n, o in zip(new, old)))
+    return torch.where(mask.view(-1, 1, 1), new, old)
+
+
+def _masked(change, active: torch.Tensor):
+    if isinstance(change, RankOneChange):
+        return RankOneChange(change.per_input * active.unsqueeze(-1), change.per_neuron)
+    return change * active.view(-1, 1, 1)
+
+
 def train_modules(
     rates: torch.Tensor,
     config: NetworkConfig,
@@ -84,7 +97,7 @@ def train_modules(
     generator = torch.Generator().manual_seed(config.seed)
     regions = module_regions(len(rates), config, generator)
     weights = torch.rand(len(regions), rates.shape[1], config.n_neurons, generator=generator) * config.initial_weight_max
-    weights = normalise_weights(weights, config).to(device)
+    weights = normalise_weights_(weights, config).to(device)
     thresholds = torch.ones(len(regions), config.n_neurons, device=device)
     rates = rates.to(device)
     present = _Presenter(config, generator)
@@ -94,7 +107,7 @@ def train_modules(
             places = regions.gather(1, order[:, slot : slot + 1]).squeeze(1).to(device)
             active = places >= 0
             change, counts = present(rates[places.clamp(min=0)] * active.unsqueeze(-1), weights, thresholds, active)
-            weights = normalise_weights(weights + change * active.view(-1, 1, 1), config)
+            apply_weight_change(weights, _masked(change, active), config)
             thresholds += config.theta_plus * counts * active.unsqueeze(-1)
         if on_epoch is not None:
             on_epoch(epoch)
