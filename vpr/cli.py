@@ -1,10 +1,11 @@
-"""``spikebot vpr``: evaluate methods on place datasets, benchmark them, list and fetch datasets.
+"""``spikebot vpr``: evaluate methods on place datasets, build and calibrate maps, benchmark, list and fetch datasets.
 
 A thin shell: it parses options into typed configs and calls the core; it holds no algorithmic logic.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -12,10 +13,12 @@ import click
 
 from vpr.datasets import load_folder_dataset, load_registered, load_registry
 from vpr.errors import SpikebotError
-from vpr.evaluate import compute_distances, score_run
-from vpr.methods import METHODS, create_method
+from vpr.evaluate import compute_distances, query_distances, score_run
+from vpr.methods import METHODS, PlaceMethod, SNNEnsembleMethod, create_method
 from vpr.report import markdown_table, text_table, write_result
 from vpr.sequence import SequenceConfig
+
+SPIKING_METHODS = ("snn-ensemble", "snn-modular")
 
 
 def _load_dataset(dataset, reference, query, ground_truth, tolerance, split, data_root):
@@ -36,11 +39,24 @@ def _load_dataset(dataset, reference, query, ground_truth, tolerance, split, dat
     )
 
 
+def _make_method(name: str, config_file: str | None, map_dir: str | None) -> PlaceMethod:
+    """The method ``name``; spiking methods take an ensemble configuration file and/or a built map."""
+    if name not in SPIKING_METHODS:
+        if config_file or map_dir:
+            raise click.UsageError(f"--config and --map apply to {' and '.join(SPIKING_METHODS)}, not {name}")
+        return create_method(name)
+    config_type = METHODS[name].config_type
+    config = config_type.from_file(config_file) if config_file else config_type()
+    if map_dir:
+        config = dataclasses.replace(config, map_dir=map_dir)
+    return create_method(name, config)
+
+
 def _run_guarded(function):
     """Turn the errors a user can fix into a one-line message and exit status 1, not a traceback."""
     try:
         return function()
-    except (SpikebotError, KeyError, ValueError) as error:
+    except (SpikebotError, KeyError, ValueError, OSError) as error:
         raise click.ClickException(str(error).strip("'\"")) from error
 
 
@@ -58,29 +74,93 @@ dataset_options = [
     click.option("--split", type=click.Choice(["calibration", "test", "all"]), default="all", show_default=True),
     click.option("--data-root", type=click.Path(file_okay=False), help="Where datasets live (default: $SPIKEBOT_DATA, else datasets/)."),
 ]
+method_options = [
+    click.option("--method", type=click.Choice(sorted(METHODS)), default="sad", show_default=True),
+    click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
+                 help="Spiking methods: ensemble configuration JSON (e.g. from `spikebot vpr calibrate`)."),
+    click.option("--map", "map_dir", type=click.Path(file_okay=False), help="Spiking methods: a map built by `spikebot vpr build-map`."),
+]
 
 
-def with_dataset_options(command):
-    for option in reversed(dataset_options):
-        command = option(command)
-    return command
+def with_options(options):
+    def decorate(command):
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
 
 
 @vpr.command("eval")
-@with_dataset_options
-@click.option("--method", type=click.Choice(sorted(METHODS)), default="sad", show_default=True)
+@with_options(dataset_options)
+@with_options(method_options)
 @click.option("--seq-len", type=click.IntRange(min=1), default=1, show_default=True, help="Sequence length L (1 = single frame).")
 @click.option("--seq-mode", type=click.Choice(["diagonal", "seqslam"]), default="diagonal", show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), default="runs/eval", show_default=True, help="Where results go.")
-def eval_command(dataset, reference, query, ground_truth, tolerance, split, data_root, method, seq_len, seq_mode, out):
+def eval_command(dataset, reference, query, ground_truth, tolerance, split, data_root, method, config_file, map_dir, seq_len, seq_mode, out):
     """Evaluate METHOD on a dataset: prints a table, writes results.json/.md and plots to OUT."""
 
     def run():
         data = _load_dataset(dataset, reference, query, ground_truth, tolerance, split, data_root)
-        result = score_run(compute_distances(data, create_method(method)), SequenceConfig(length=seq_len, mode=seq_mode))
+        place_method = _make_method(method, config_file, map_dir)
+        result = score_run(compute_distances(data, place_method), SequenceConfig(length=seq_len, mode=seq_mode))
         summary = write_result(result, out)
         click.echo(text_table([summary]))
         click.echo(f"results written to {Path(out).resolve()}")
+
+    _run_guarded(run)
+
+
+@vpr.command("build-map")
+@with_options(dataset_options)
+@click.option("--method", type=click.Choice(SPIKING_METHODS), default="snn-ensemble", show_default=True)
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), help="Ensemble configuration JSON.")
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Folder for the map artefact.")
+def build_map_command(dataset, reference, query, ground_truth, tolerance, split, data_root, method, config_file, out):
+    """Train a spiking map on the reference traverse and save it (map.json + arrays.npz) to OUT."""
+
+    def run():
+        data = _load_dataset(dataset, reference, query, ground_truth, tolerance, split, data_root)
+        place_method = _make_method(method, config_file, None)
+        place_method.build_map(data.reference)
+        place_method.map.save(out)
+        stats = place_method.map.statistics()
+        click.echo(json.dumps(stats, indent=2))
+        click.echo(f"map of {len(data.reference)} places written to {Path(out).resolve()}")
+
+    _run_guarded(run)
+
+
+@vpr.command("calibrate")
+@click.option("--dataset", default="nordland_trimmed", show_default=True)
+@click.option("--reference")
+@click.option("--query")
+@click.option("--tolerance", type=click.IntRange(min=0))
+@click.option("--data-root", type=click.Path(file_okay=False))
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), help="Starting ensemble configuration.")
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="JSON file for the calibrated configuration.")
+def calibrate_command(dataset, reference, query, tolerance, data_root, config_file, out):
+    """Choose epochs, hyperactive threshold and readout on the CALIBRATION split (never the test split)."""
+    from vpr.methods.snn import SNNMethodConfig
+    from vpr.preprocess import preprocess
+    from vpr.snn.calibration import calibrate
+    from vpr.snn.encoding import image_rates
+
+    def run():
+        data = load_registered(dataset, reference, query, data_root=data_root, split="calibration", tolerance=tolerance)
+        base = SNNMethodConfig.from_file(config_file) if config_file else SNNMethodConfig()
+        network = base.ensemble.network
+        rates = [image_rates(preprocess(traverse, network.preprocess)) for traverse in (data.reference, data.query)]
+        chosen, rows = calibrate(*rates, data.ground_truth, network, device=base.device)
+        ensemble = dataclasses.replace(base.ensemble, network=chosen)
+        record = {"ensemble": ensemble.to_dict(),
+                  "calibration": {"dataset": dataset, "split": "calibration", "data": data.info, "rows": rows}}
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(record, indent=2) + "\n")
+        best = max(rows, key=lambda row: row["recall_at_1"])
+        click.echo(f"calibration R@1 {best['recall_at_1']:.3f} with epochs={chosen.epochs}, "
+                   f"hyperactive_threshold={chosen.hyperactive_threshold}, assignment={chosen.assignment}, "
+                   f"query_thresholds={chosen.query_thresholds}; written to {out}")
 
     _run_guarded(run)
 
@@ -103,12 +183,14 @@ DEFAULT_PROTOCOLS = (
 @click.option("--protocol", "protocols", multiple=True, default=DEFAULT_PROTOCOLS, show_default=True,
               help="DATASET:REFERENCE:QUERY[:SPLIT], repeatable.")
 @click.option("--method", "methods", multiple=True, type=click.Choice(sorted(METHODS)), default=("sad",), show_default=True)
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), help="Spiking methods' ensemble configuration.")
+@click.option("--ablation", is_flag=True, help="Spiking ensembles: also read out the ablation rows from the same trained members.")
 @click.option("--seq-len", "seq_lens", multiple=True, type=click.IntRange(min=1), default=(1, 5, 10), show_default=True)
 @click.option("--seq-mode", type=click.Choice(["diagonal", "seqslam"]), default="diagonal", show_default=True)
 @click.option("--tolerance", type=click.IntRange(min=0), help="Override every dataset's default tolerance.")
 @click.option("--data-root", type=click.Path(file_okay=False))
 @click.option("--out", type=click.Path(file_okay=False), default="runs/benchmark", show_default=True)
-def benchmark_command(protocols, methods, seq_lens, seq_mode, tolerance, data_root, out):
+def benchmark_command(protocols, methods, config_file, ablation, seq_lens, seq_mode, tolerance, data_root, out):
     """Every METHOD on every PROTOCOL at every sequence length: one distance matrix each, one row per L."""
 
     def run():
@@ -116,13 +198,18 @@ def benchmark_command(protocols, methods, seq_lens, seq_mode, tolerance, data_ro
         for protocol in protocols:
             name, reference, query, split = _parse_protocol(protocol)
             data = load_registered(name, reference, query, data_root=data_root, split=split, tolerance=tolerance)
-            for method in methods:
-                distances = compute_distances(data, create_method(method))
-                for length in seq_lens:
-                    result = score_run(distances, SequenceConfig(length=length, mode=seq_mode))
-                    row_dir = Path(out) / f"{name}-{reference}-{query}-{split}" / method / f"L{length}"
-                    summaries.append(write_result(result, row_dir))
-                    click.echo(text_table(summaries[-1:]).splitlines()[-1])
+            for method_name in methods:
+                method = _make_method(method_name, config_file if method_name in SPIKING_METHODS else None, None)
+                runs = [compute_distances(data, method)]
+                if ablation and isinstance(method, SNNEnsembleMethod):
+                    runs = [query_distances(data, variant, sum(variant.map.member_seconds)) for variant in method.ablations()]
+                for map_run in runs:
+                    for length in seq_lens:
+                        result = score_run(map_run, SequenceConfig(length=length, mode=seq_mode))
+                        label = map_run.method.name.replace(" ", "").replace(",", "-")
+                        row_dir = Path(out) / f"{name}-{reference}-{query}-{split}" / label / f"L{length}"
+                        summaries.append(write_result(result, row_dir))
+                        click.echo(text_table(summaries[-1:]).splitlines()[-1])
         Path(out).mkdir(parents=True, exist_ok=True)
         (Path(out) / "benchmark.json").write_text(json.dumps(summaries, indent=2) + "\n")
         (Path(out) / "benchmark.md").write_text(markdown_table(summaries))

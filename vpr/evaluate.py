@@ -72,13 +72,18 @@ def compute_distances(dataset: PlaceDataset, method: PlaceMethod) -> MapRun:
     """Build the method's map from the reference traverse and score every query against it."""
     start = time.perf_counter()
     method.build_map(progress(dataset.reference, desc="reference images", total=len(dataset.reference)))
-    built = time.perf_counter()
+    return query_distances(dataset, method, build_seconds=time.perf_counter() - start)
+
+
+def query_distances(dataset: PlaceDataset, method: PlaceMethod, build_seconds: float) -> MapRun:
+    """Score every query against a map the method has already built."""
+    start = time.perf_counter()
     distances = method.distances(progress(dataset.query, desc="query images", total=len(dataset.query)))
-    finished = time.perf_counter()
+    elapsed = time.perf_counter() - start
     expected = (len(dataset.query), len(dataset.reference))
     if distances.shape != expected:
         raise RuntimeError(f"method {method.name} returned distances of shape {distances.shape}, expected {expected}")
-    return MapRun(dataset, method, distances, built - start, finished - built)
+    return MapRun(dataset, method, distances, build_seconds, elapsed)
 
 
 def score_run(run: MapRun, sequence: SequenceConfig, ns: tuple[int, ...] = RECALL_NS) -> EvaluationResult:

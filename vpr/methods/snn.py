@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ class SNNModularConfig(SNNMethodConfig):
 def _epoch_bar(total: int):
     def factory(description: str):
         bar = tqdm(total=total, desc=description, unit="epoch", disable=None, leave=False)
-        return lambda epoch: bar.update(1) if epoch + 1 < total else bar.close()
+        return lambda epoch, *_: bar.update(1) if epoch + 1 < total else bar.close()
 
     return factory
 
@@ -88,6 +88,30 @@ class SNNEnsembleMethod(PlaceMethod):
         if hasattr(self, "map"):
             described["map_statistics"] = self.map.statistics()
         return described
+
+
+    def with_map(self, spiking_map: SpikingMap, name: str) -> SNNEnsembleMethod:
+        """This method reading out another (sub-)map, named ``name`` in results: ablations of one trained map."""
+        variant = type(self)(replace(self.config, ensemble=spiking_map.config))
+        variant.name, variant.map, variant.readouts = name, spiking_map, spiking_map.compile()
+        return variant
+
+    def ablations(self) -> list[SNNEnsembleMethod]:
+        """The issue's ablation rows, all read out from this one trained ensemble."""
+        network, n = self.map.config.network, len(self.map.members)
+        other = "weighted" if network.assignment == "standard" else "standard"
+        variants = [
+            ("snn-modular, no regularisation", 1, {"hyperactive_threshold": None}),
+            ("snn-modular", 1, {}),
+            *((f"snn-ensemble x{k}", k, {}) for k in sorted({1, min(3, n), n}) if k > 1),
+            (f"snn-ensemble x{n}, {other} assignment", n, {"assignment": other}),
+            (f"snn-ensemble x{n}, no regularisation", n, {"hyperactive_threshold": None}),
+        ]
+        ablated = [self.with_map(self.map.subset(k, **changes), label) for label, k, changes in variants]
+        normalised = replace(self.map.config, combination="normalised_sum")
+        ablated.append(self.with_map(SpikingMap(normalised, self.map.members, self.map.reference_fingerprint, self.map.member_seconds),
+                                     f"snn-ensemble x{n}, normalised sum"))
+        return ablated
 
 
 @register_method

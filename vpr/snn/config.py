@@ -14,9 +14,10 @@ class NetworkConfig:
 
     Times are in milliseconds. Potentials are normalised: rest and reset 0, base threshold 1. Defaults follow
     Diehl & Cook / VPRSNN where they carry over (400 neurons and 25 places per module, membrane time constant
-    100 ms, 350 ms presentations at up to 63.75 Hz per input, STDP time constants 20/20/40 ms and learning rates
-    1e-4/1e-2, weights in [0, 1] with each neuron's input weights rescaled to sum to 0.1 per input); the others
-    were chosen on calibration splits (docs/benchmarks.md says which).
+    100 ms, 350 ms presentations at up to 63.75 Hz per input, STDP time constants 20/20/40 ms, depression rate
+    1e-4, weights in [0, 1] with each neuron's input weights rescaled to sum to 0.1 per input). The
+    potentiation rate (3e-2, D&C: 1e-2), threshold step (0.001), input gain and epochs were explored on the
+    Nordland calibration split only (docs/benchmarks.md); ``spikebot vpr calibrate`` chooses the rest.
     """
 
     n_neurons: int = 400
@@ -31,15 +32,16 @@ class NetworkConfig:
     dt_ms: float = 1.0
 
     tau_mem_ms: float = 100.0
-    theta_plus: float = 0.005
+    theta_plus: float = 0.001
     inhibition_latency_ms: float = 1.0
     query_readout: Literal["rate", "wta_counts"] = "rate"
+    query_thresholds: Literal["adaptive", "base"] = "adaptive"
 
     tau_pre_ms: float = 20.0
     tau_post1_ms: float = 20.0
     tau_post2_ms: float = 40.0
     learning_rate_pre: float = 1e-4
-    learning_rate_post: float = 1e-2
+    learning_rate_post: float = 3e-2
     weight_max: float = 1.0
     weight_sum_per_input: float = 0.1
     initial_weight_max: float = 0.3
@@ -47,7 +49,7 @@ class NetworkConfig:
     min_spikes: int = 5
     gain_step: float = 0.5
     max_repeats: int = 4
-    epochs: int = 20
+    epochs: int = 10
 
     assignment: Literal["standard", "weighted"] = "standard"
     hyperactive_threshold: int | None = None
@@ -64,6 +66,8 @@ class NetworkConfig:
             raise ValueError(f"unknown assignment {self.assignment!r}: expected 'standard' or 'weighted'")
         if self.query_readout not in ("rate", "wta_counts"):
             raise ValueError(f"unknown query_readout {self.query_readout!r}: expected 'rate' or 'wta_counts'")
+        if self.query_thresholds not in ("adaptive", "base"):
+            raise ValueError(f"unknown query_thresholds {self.query_thresholds!r}: expected 'adaptive' or 'base'")
         if self.region_split not in ("contiguous", "shuffled"):
             raise ValueError(f"unknown region_split {self.region_split!r}")
         if self.hyperactive_threshold is not None and self.hyperactive_threshold < 1:

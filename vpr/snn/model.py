@@ -6,7 +6,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from spikebot.provenance import __version__
 from vpr.errors import SpikebotError
 from vpr.snn.config import EnsembleConfig, NetworkConfig
 from vpr.snn.encoding import drive_scale
-from vpr.snn.readout import assign_neurons, place_scores, query_responses, winner_spike_counts
+from vpr.snn.readout import assign_neurons, boosted_winner_counts, place_scores, query_responses, winner_spike_counts
 from vpr.snn.training import train_modules
 
 ARTEFACT_FORMAT = "spikebot-snn-map/1"
@@ -43,24 +43,26 @@ class ModularNetwork:
 
     @classmethod
     def train(cls, rates: torch.Tensor, config: NetworkConfig, *, device: str = "cpu",
-              on_epoch: Callable[[int], None] | None = None) -> ModularNetwork:
+              on_epoch: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None) -> ModularNetwork:
         weights, thresholds, regions = train_modules(rates, config, device=device, on_epoch=on_epoch)
+        return cls.from_training(rates, config, weights, thresholds, regions)
+
+    @classmethod
+    def from_training(cls, rates, config, weights, thresholds, regions) -> ModularNetwork:
         # Stored as float16: quantise now, so the map in memory scores exactly as the map reloaded from disk.
-        weights = weights.half().float()
-        network = cls(config, weights, thresholds, regions, *(torch.empty(0),) * 3, n_places=len(rates))
+        network = cls(config, weights.cpu().half().float(), thresholds.cpu().clone(), regions,
+                      *(torch.empty(0),) * 3, n_places=len(rates))
         network.label(rates)
         return network
 
     def label(self, rates: torch.Tensor, chunk: int = 256) -> None:
-        """Assign neurons to their region's places, then count for every neuron how many places of the WHOLE map
-        make it fire: the hyperactivity measure used to drop neurons that answer outside their region."""
+        """Diehl & Cook's labelling: show every module its own places with the inhibition on (boosting the input
+        while a module fires fewer than ``min_spikes``), assign each neuron the place it fires most for. Then
+        count for every neuron how many places of the WHOLE map it wins: the hyperactivity used to drop neurons
+        that answer outside their region."""
         n_modules, _, n_neurons = self.weights.shape
-        own_rates = rates[self.regions.clamp(min=0)]  # (modules, places_per_module, inputs)
-        own_drive = torch.bmm(own_rates, self.weights) * drive_scale(self.config)
-        own = query_responses(
-            own_drive.reshape(n_modules, -1, n_neurons).transpose(0, 1).reshape(own_rates.shape[1], -1),
-            self.thresholds.reshape(-1), self._module_index(), self.config,
-        ).reshape(own_rates.shape[1], n_modules, n_neurons).transpose(0, 1)
+        own_drive = torch.bmm(rates[self.regions.clamp(min=0)], self.weights) * drive_scale(self.config)
+        own = boosted_winner_counts(own_drive, self.thresholds.unsqueeze(1), self.config)
         self.assigned_place, self.ambiguity_weight = assign_neurons(own, self.regions)
         fired = torch.zeros(n_modules * n_neurons, dtype=torch.long)
         flat_weights, flat_thresholds = self._flat_weights(), self.thresholds.reshape(-1)
@@ -90,9 +92,10 @@ class ModularNetwork:
     def compile(self, hyperactive_threshold: int | None, assignment: str) -> CompiledReadout:
         kept = self.readout_neurons(hyperactive_threshold)
         weight = self.ambiguity_weight.reshape(-1)[kept] if assignment == "weighted" else torch.ones(len(kept))
+        thresholds = self.thresholds if self.config.query_thresholds == "adaptive" else torch.ones_like(self.thresholds)
         return CompiledReadout(
             self.config, self._flat_weights()[:, kept].contiguous() * drive_scale(self.config),
-            self.thresholds.reshape(-1)[kept], self._module_index()[kept], self.assigned_place.reshape(-1)[kept],
+            thresholds.reshape(-1)[kept], self._module_index()[kept], self.assigned_place.reshape(-1)[kept],
             weight, self.n_places,
         )
 
@@ -121,17 +124,30 @@ class SpikingMap:
     config: EnsembleConfig
     members: list[ModularNetwork]
     reference_fingerprint: str
-    training_seconds: float = 0.0
+    member_seconds: list[float] = field(default_factory=list)
+
+    @property
+    def training_seconds(self) -> float:
+        return sum(self.member_seconds)
 
     @classmethod
     def train(cls, rates: torch.Tensor, config: EnsembleConfig, fingerprint: str, *, device: str = "cpu",
-              progress: Callable[[str], Callable[[int], None]] | None = None) -> SpikingMap:
-        start = time.perf_counter()
-        members = []
+              progress: Callable[[str], Callable[..., None]] | None = None) -> SpikingMap:
+        members, seconds = [], []
         for index, member_config in enumerate(config.member_configs()):
+            start = time.perf_counter()
             on_epoch = progress(f"member {index + 1}/{len(config.seeds)}") if progress else None
             members.append(ModularNetwork.train(rates, member_config, device=device, on_epoch=on_epoch))
-        return cls(config, members, fingerprint, time.perf_counter() - start)
+            seconds.append(time.perf_counter() - start)
+        return cls(config, members, fingerprint, seconds)
+
+    def subset(self, n_members: int, **network_changes: Any) -> SpikingMap:
+        """The first ``n_members`` members, read out with changed query-time settings (for ablations)."""
+        network = replace(self.config.network, **network_changes)
+        config = replace(self.config, network=network, seeds=self.config.seeds[:n_members],
+                         neurons_per_member=self.config.neurons_per_member[:n_members] if self.config.neurons_per_member else None)
+        members = [replace(member, config=replace(member.config, **network_changes)) for member in self.members[:n_members]]
+        return SpikingMap(config, members, self.reference_fingerprint, self.member_seconds[:n_members])
 
     def compile(self) -> list[CompiledReadout]:
         network = self.config.network
@@ -176,7 +192,7 @@ class SpikingMap:
             "config": self.config.to_dict(),
             "n_places": self.members[0].n_places,
             "reference_fingerprint": self.reference_fingerprint,
-            "training_seconds": self.training_seconds,
+            "member_seconds": self.member_seconds,
             "arrays_sha256": _sha256(array_path),
             "statistics": self.statistics(),
         }
@@ -212,7 +228,7 @@ class SpikingMap:
                 ]
         except (KeyError, ValueError, TypeError) as error:
             raise MapError(f"map {directory} is inconsistent with its manifest: {error}") from error
-        return cls(config, members, manifest["reference_fingerprint"], manifest.get("training_seconds", 0.0))
+        return cls(config, members, manifest["reference_fingerprint"], list(manifest.get("member_seconds", [])))
 
 
 def _sha256(path: Path) -> str:

@@ -9,8 +9,11 @@ of hundreds of steps. Two readouts:
 - ``wta_counts``: Diehl & Cook's test mode: spike counts in one presentation with the lateral inhibition, so
   only each module's winners respond. Few spikes per image make most places tie at zero.
 
-Hyperactivity is always measured as in the papers, with the inhibition active: the number of places of the whole
-map for which a neuron wins (fires at all).
+Neurons are assigned to places as in the papers, from the winners' spike counts while each module is shown its
+own places, and hyperactivity is measured with the inhibition active too: the number of places of the whole map
+for which a neuron wins (fires at all). ``query_thresholds`` chooses whether the rate readout keeps each neuron's
+adapted threshold (Diehl & Cook's test mode) or uses the base threshold for all (the adaptation then serves only
+learning and labelling); the calibration split decides.
 """
 
 from __future__ import annotations
@@ -34,6 +37,19 @@ def winner_spike_counts(drive: torch.Tensor, thresholds: torch.Tensor, module: t
         winners = period <= first[:, module] + config.inhibition_latency_ms
         period = torch.where(winners, period, torch.full_like(period, torch.inf))
     return spike_counts_from_periods(period, config)
+
+
+def boosted_winner_counts(drive: torch.Tensor, thresholds: torch.Tensor, config: NetworkConfig) -> torch.Tensor:
+    """Winners' spike counts per presentation, each presentation repeated with a stronger input while its module
+    fires fewer than ``min_spikes`` (Diehl & Cook's labelling). ``drive``: (..., neurons) of one module each."""
+    gain = torch.ones(drive.shape[:-1] + (1,), dtype=drive.dtype, device=drive.device)
+    for _ in range(config.max_repeats + 1):
+        counts = spike_counts_from_periods(presentation_periods(drive * gain, thresholds, config), config)
+        weak = counts.sum(dim=-1, keepdim=True) < config.min_spikes
+        if not weak.any():
+            break
+        gain = gain + config.gain_step * weak
+    return counts
 
 
 def query_responses(drive: torch.Tensor, thresholds: torch.Tensor, module: torch.Tensor, config: NetworkConfig) -> torch.Tensor:

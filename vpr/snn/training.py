@@ -87,12 +87,13 @@ def train_modules(
     config: NetworkConfig,
     *,
     device: torch.device | str = "cpu",
-    on_epoch: Callable[[int], None] | None = None,
+    on_epoch: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Learn input weights and adaptive thresholds for all modules of one network.
 
     ``rates``: (n_places, n_inputs) reference images as rates in [0, 1]. Returns ``(weights, thresholds,
     regions)``: (modules, n_inputs, neurons), (modules, neurons) and (modules, places_per_module).
+    ``on_epoch(epoch, weights, thresholds)`` is called after each epoch (progress, snapshots for calibration).
     """
     generator = torch.Generator().manual_seed(config.seed)
     regions = module_regions(len(rates), config, generator)
@@ -110,5 +111,5 @@ def train_modules(
             apply_weight_change(weights, _masked(change, active), config)
             thresholds += config.theta_plus * counts * active.unsqueeze(-1)
         if on_epoch is not None:
-            on_epoch(epoch)
+            on_epoch(epoch, weights, thresholds)
     return weights.cpu(), thresholds.cpu(), regions

@@ -1,0 +1,63 @@
+"""Choosing epochs, the hyperactive-neuron threshold and the readout on a calibration split, never on test queries.
+
+One network is trained once on the calibration references; snapshots at each candidate epoch count are
+labelled and scored on the calibration queries for every readout setting, and the best Recall@1 wins (ties go
+to fewer epochs, then to the earlier setting in the grid).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+
+from vpr.data import GroundTruth
+from vpr.metrics import recall_at_n
+from vpr.snn.config import NetworkConfig
+from vpr.snn.model import ModularNetwork
+from vpr.snn.training import train_modules
+
+
+@dataclass(frozen=True)
+class CalibrationGrid:
+    epochs: tuple[int, ...] = (5, 10, 20)
+    hyperactive_thresholds: tuple[int | None, ...] = (None, 200, 100, 50, 25, 10)
+    query_thresholds: tuple[str, ...] = ("adaptive", "base")
+    assignments: tuple[str, ...] = ("standard", "weighted")
+
+
+def calibrate(
+    reference_rates: torch.Tensor,
+    query_rates: torch.Tensor,
+    truth: GroundTruth,
+    network: NetworkConfig,
+    grid: CalibrationGrid = CalibrationGrid(),
+    *,
+    device: str = "cpu",
+) -> tuple[NetworkConfig, list[dict[str, Any]]]:
+    """Returns the chosen configuration and one row per setting tried (with its calibration Recall@1)."""
+    snapshots: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def keep_snapshot(epoch: int, weights: torch.Tensor, thresholds: torch.Tensor) -> None:
+        if epoch + 1 in grid.epochs:
+            snapshots[epoch + 1] = (weights.cpu().clone(), thresholds.cpu().clone())
+
+    _, _, regions = train_modules(reference_rates, replace(network, epochs=max(grid.epochs)), device=device, on_epoch=keep_snapshot)
+    rows = []
+    for epochs in sorted(grid.epochs):
+        trained = ModularNetwork.from_training(reference_rates, replace(network, epochs=epochs), *snapshots[epochs], regions)
+        for query_thresholds in grid.query_thresholds:
+            trained.config = replace(network, epochs=epochs, query_thresholds=query_thresholds)
+            for assignment in grid.assignments:
+                for threshold in grid.hyperactive_thresholds:
+                    scores = trained.compile(threshold, assignment).scores(query_rates)
+                    rows.append({
+                        "epochs": epochs, "query_thresholds": query_thresholds, "assignment": assignment,
+                        "hyperactive_threshold": threshold, "hyperactive_share": trained.hyperactive_share(threshold),
+                        "recall_at_1": recall_at_n((-scores).numpy(), truth, (1,))[1],
+                    })
+    best = max(enumerate(rows), key=lambda item: (item[1]["recall_at_1"], -item[0]))[1]
+    chosen = replace(network, epochs=best["epochs"], query_thresholds=best["query_thresholds"],
+                     assignment=best["assignment"], hyperactive_threshold=best["hyperactive_threshold"])
+    return chosen, rows
