@@ -106,15 +106,15 @@ class EnsembleConfig:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     seeds: tuple[int, ...] = (0, 10, 20, 30, 40)
     neurons_per_member: tuple[int, ...] | None = None
-    combination: Literal["sum", "normalised_sum"] = "sum"
+    combination: Literal["sum", "normalised_sum", "covered_mean"] = "sum"
 
     def __post_init__(self) -> None:
         if not self.seeds:
             raise ValueError("an ensemble needs at least one seed")
         if self.neurons_per_member is not None and len(self.neurons_per_member) != len(self.seeds):
             raise ValueError("neurons_per_member needs one entry per seed")
-        if self.combination not in ("sum", "normalised_sum"):
-            raise ValueError(f"unknown combination {self.combination!r}: expected 'sum' or 'normalised_sum'")
+        if self.combination not in ("sum", "normalised_sum", "covered_mean"):
+            raise ValueError(f"unknown combination {self.combination!r}: expected sum, normalised_sum or covered_mean")
 
     def member_configs(self) -> list[NetworkConfig]:
         from dataclasses import replace

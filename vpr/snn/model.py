@@ -112,6 +112,11 @@ class CompiledReadout:
     weight: torch.Tensor
     n_places: int
 
+    @property
+    def covered_places(self) -> torch.Tensor:
+        """Places that have at least one neuron in this readout."""
+        return torch.bincount(self.place, minlength=self.n_places) > 0
+
     def scores(self, rates: torch.Tensor) -> torch.Tensor:
         responses = query_responses(rates @ self.scaled_weights, self.thresholds, self.module, self.config)
         return place_scores(responses, self.place, self.weight, self.n_places)
@@ -154,13 +159,22 @@ class SpikingMap:
         return [member.compile(network.hyperactive_threshold, network.assignment) for member in self.members]
 
     def scores(self, rates: torch.Tensor, readouts: list[CompiledReadout] | None = None) -> torch.Tensor:
-        """(queries, places) ensemble scores, higher meaning more likely the same place."""
-        total = None
+        """(queries, places) ensemble scores, higher meaning more likely the same place.
+
+        ``sum`` adds the members' raw scores (the papers); ``normalised_sum`` first divides each member's scores
+        by its best score per query; ``covered_mean`` averages, per place, over the members that have neurons
+        for it, so a place is not penalised because some member left it without neurons.
+        """
+        total = covering = None
         for readout in readouts or self.compile():
             member_scores = readout.scores(rates)
             if self.config.combination == "normalised_sum":
                 member_scores = member_scores / member_scores.amax(dim=1, keepdim=True).clamp(min=1e-12)
+            covered = readout.covered_places.to(member_scores.dtype)
             total = member_scores if total is None else total + member_scores
+            covering = covered if covering is None else covering + covered
+        if self.config.combination == "covered_mean":
+            return total / covering.clamp(min=1.0)
         return total
 
     def statistics(self) -> dict[str, Any]:

@@ -1,0 +1,81 @@
+"""Cost of a spiking map on this machine: training time and peak memory, map size, query latency.
+
+    SPIKEBOT_DATA=../shared/datasets .venv/bin/python benchmarks/snn_cost.py \
+        --protocol nordland_trimmed:summer:winter:test --config configs/snn_nordland.json
+
+Prints one JSON object; docs/benchmarks.md quotes it with the date and machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from vpr.datasets import load_registered
+from vpr.methods.snn import SNNMethodConfig
+from vpr.preprocess import preprocess
+from vpr.snn.encoding import image_rates
+from vpr.snn.model import SpikingMap, fingerprint_rates
+
+
+def latency_ms(function, repeats: int) -> float:
+    function()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--protocol", default="nordland_trimmed:summer:winter:test")
+    parser.add_argument("--config", default="configs/snn_nordland.json")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    name, reference, query, split = args.protocol.split(":")
+    data = load_registered(name, reference, query, split=split)
+    config = SNNMethodConfig.from_file(args.config).ensemble
+    reference_rates = image_rates(preprocess(data.reference, config.network.preprocess))
+    query_rates = image_rates(preprocess(data.query, config.network.preprocess))
+
+    start = time.perf_counter()
+    spiking_map = SpikingMap.train(reference_rates, config, fingerprint_rates(reference_rates), device=args.device)
+    training_seconds = time.perf_counter() - start
+    peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    with tempfile.TemporaryDirectory() as scratch:
+        spiking_map.save(scratch)
+        size_mib = sum(p.stat().st_size for p in Path(scratch).iterdir()) / 2**20
+        start = time.perf_counter()
+        SpikingMap.load(scratch)
+        load_seconds = time.perf_counter() - start
+
+    readouts = spiking_map.compile()
+    with torch.inference_mode():
+        single = latency_ms(lambda: spiking_map.scores(query_rates[:1], readouts), repeats=50)
+        batch = query_rates[:256]
+        batched = latency_ms(lambda: spiking_map.scores(batch, readouts), repeats=5) / len(batch)
+    print(json.dumps({
+        "protocol": args.protocol, "config": args.config, "device": args.device,
+        "torch_threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
+        "places": len(reference_rates), "members": len(config.seeds),
+        "modules_per_member": [int(m.weights.shape[0]) for m in spiking_map.members],
+        "neurons_read_out": sum(len(r.place) for r in readouts),
+        "training_seconds": round(training_seconds, 1), "member_seconds": [round(s, 1) for s in spiking_map.member_seconds],
+        "peak_rss_mib": round(peak_rss_mib), "map_size_mib": round(size_mib, 1), "map_load_seconds": round(load_seconds, 2),
+        "single_query_ms": round(single, 2), "batched_query_ms_per_image": round(batched, 3),
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()
