@@ -69,7 +69,7 @@ def main() -> None:
         "protocol": args.protocol, "config": args.config, "device": args.device,
         "torch_threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
         "places": len(reference_rates), "members": len(config.seeds),
-        "modules_per_member": [int(m.weights.shape[0]) for m in spiking_map.members],
+        "modules_per_member": [m.n_modules for m in spiking_map.members],
         "neurons_read_out": sum(len(r.place) for r in readouts),
         "training_seconds": round(training_seconds, 1), "member_seconds": [round(s, 1) for s in spiking_map.member_seconds],
         "peak_rss_mib": round(peak_rss_mib), "map_size_mib": round(size_mib, 1), "map_load_seconds": round(load_seconds, 2),

@@ -129,7 +129,7 @@ def place_images(n_places=20, seed=0):
 def test_training_learns_each_module_its_places():
     rates = place_images()
     network = ModularNetwork.train(rates, SMALL)
-    assert network.weights.shape == (2, 784, 40)
+    assert network.thresholds.shape == (2, 40) and network.assigned_weights.shape[0] == 784
     scores = network.compile(None, "standard").scores(rates)
     assert (scores.argmax(dim=1) == torch.arange(20)).float().mean() >= 0.9
     noisy = (rates + 0.3 * torch.rand(rates.shape, generator=torch.Generator().manual_seed(5))).clamp(0, 1)
@@ -139,8 +139,8 @@ def test_training_learns_each_module_its_places():
 def test_training_is_deterministic_in_its_seed():
     rates = place_images()
     first, second = ModularNetwork.train(rates, SMALL), ModularNetwork.train(rates, SMALL)
-    assert torch.equal(first.weights, second.weights) and torch.equal(first.thresholds, second.thresholds)
-    assert not torch.equal(first.weights, ModularNetwork.train(rates, replace(SMALL, seed=1)).weights)
+    assert torch.equal(first.assigned_weights, second.assigned_weights) and torch.equal(first.thresholds, second.thresholds)
+    assert not torch.equal(first.thresholds, ModularNetwork.train(rates, replace(SMALL, seed=1)).thresholds)
 
 
 def test_hyperactive_neurons_are_counted_over_the_whole_map():
@@ -155,7 +155,7 @@ def test_hyperactive_neurons_are_counted_over_the_whole_map():
 def test_poisson_encoding_trains_with_the_step_simulation():
     config = replace(SMALL, encoding="poisson", epochs=2, dt_ms=2.0)
     network = ModularNetwork.train(place_images(), config)
-    assert torch.isfinite(network.weights).all() and (network.thresholds >= 1).all()
+    assert torch.isfinite(network.assigned_weights).all() and (network.thresholds >= 1).all()
 
 
 def test_map_round_trip_and_refusals(tmp_path):

@@ -21,6 +21,7 @@ from vpr.snn.readout import assign_neurons, boosted_winner_counts, place_scores,
 from vpr.snn.training import train_modules
 
 ARTEFACT_FORMAT = "spikebot-snn-map/1"
+_MEMBER_ARRAYS = ("thresholds", "regions", "assigned_place", "ambiguity_weight", "places_fired")
 
 
 class MapError(SpikebotError):
@@ -29,16 +30,17 @@ class MapError(SpikebotError):
 
 @dataclass
 class ModularNetwork:
-    """One trained modular network: per module, input weights, thresholds, region, and per neuron its assigned
-    place, ambiguity weight and the number of map places it fires for (its hyperactivity)."""
+    """One trained modular network: per module its region and per neuron its threshold, assigned place, ambiguity
+    weight and the number of map places it wins (its hyperactivity); input weights are kept for assigned neurons
+    only, the ones any readout can use (in flat module-major order, as float16-exact float32)."""
 
     config: NetworkConfig
-    weights: torch.Tensor  # (modules, inputs, neurons)
     thresholds: torch.Tensor  # (modules, neurons)
     regions: torch.Tensor  # (modules, places_per_module), -1 padding
     assigned_place: torch.Tensor  # (modules, neurons), -1 unassigned
     ambiguity_weight: torch.Tensor  # (modules, neurons)
     places_fired: torch.Tensor  # (modules, neurons)
+    assigned_weights: torch.Tensor  # (inputs, assigned neurons)
     n_places: int
 
     @classmethod
@@ -48,34 +50,30 @@ class ModularNetwork:
         return cls.from_training(rates, config, weights, thresholds, regions)
 
     @classmethod
-    def from_training(cls, rates, config, weights, thresholds, regions) -> ModularNetwork:
+    def from_training(cls, rates: torch.Tensor, config: NetworkConfig, weights: torch.Tensor,
+                      thresholds: torch.Tensor, regions: torch.Tensor) -> ModularNetwork:
+        """Label a trained network (Diehl & Cook): show every module its own places with the inhibition on
+        (boosting the input while a module fires fewer than ``min_spikes``) and assign each neuron the place it
+        fires most for; then count for every neuron how many places of the WHOLE map it wins, the hyperactivity
+        used to drop neurons that answer outside their region."""
         # Stored as float16: quantise now, so the map in memory scores exactly as the map reloaded from disk.
-        network = cls(config, weights.cpu().half().float(), thresholds.cpu().clone(), regions,
-                      *(torch.empty(0),) * 3, n_places=len(rates))
-        network.label(rates)
-        return network
-
-    def label(self, rates: torch.Tensor, chunk: int = 256) -> None:
-        """Diehl & Cook's labelling: show every module its own places with the inhibition on (boosting the input
-        while a module fires fewer than ``min_spikes``), assign each neuron the place it fires most for. Then
-        count for every neuron how many places of the WHOLE map it wins: the hyperactivity used to drop neurons
-        that answer outside their region."""
-        n_modules, _, n_neurons = self.weights.shape
-        own_drive = torch.bmm(rates[self.regions.clamp(min=0)], self.weights) * drive_scale(self.config)
-        own = boosted_winner_counts(own_drive, self.thresholds.unsqueeze(1), self.config)
-        self.assigned_place, self.ambiguity_weight = assign_neurons(own, self.regions)
+        weights, thresholds = weights.cpu().half().float(), thresholds.cpu().clone()
+        n_modules, n_inputs, n_neurons = weights.shape
+        own_drive = torch.bmm(rates[regions.clamp(min=0)], weights) * drive_scale(config)
+        assigned_place, ambiguity_weight = assign_neurons(boosted_winner_counts(own_drive, thresholds.unsqueeze(1), config), regions)
+        flat_weights = weights.permute(1, 0, 2).reshape(n_inputs, -1)
+        module = torch.arange(n_modules).repeat_interleave(n_neurons)
         fired = torch.zeros(n_modules * n_neurons, dtype=torch.long)
-        flat_weights, flat_thresholds = self._flat_weights(), self.thresholds.reshape(-1)
-        for start in range(0, len(rates), chunk):
-            drive = rates[start : start + chunk] @ flat_weights * drive_scale(self.config)
-            fired += (winner_spike_counts(drive, flat_thresholds, self._module_index(), self.config) > 0).sum(dim=0)
-        self.places_fired = fired.view_as(self.thresholds)
+        for start in range(0, len(rates), 256):
+            drive = rates[start : start + 256] @ flat_weights * drive_scale(config)
+            fired += (winner_spike_counts(drive, thresholds.reshape(-1), module, config) > 0).sum(dim=0)
+        assigned = assigned_place.reshape(-1) >= 0
+        return cls(config, thresholds, regions, assigned_place, ambiguity_weight, fired.view_as(thresholds),
+                   flat_weights[:, assigned].contiguous(), n_places=len(rates))
 
-    def _module_index(self) -> torch.Tensor:
-        return torch.arange(self.weights.shape[0]).repeat_interleave(self.weights.shape[2])
-
-    def _flat_weights(self) -> torch.Tensor:
-        return self.weights.permute(1, 0, 2).reshape(self.weights.shape[1], -1)
+    @property
+    def n_modules(self) -> int:
+        return self.regions.shape[0]
 
     def readout_neurons(self, hyperactive_threshold: int | None) -> torch.Tensor:
         """Flat indices of the neurons scored at query time: assigned, and not hyperactive."""
@@ -91,12 +89,14 @@ class ModularNetwork:
 
     def compile(self, hyperactive_threshold: int | None, assignment: str) -> CompiledReadout:
         kept = self.readout_neurons(hyperactive_threshold)
+        assigned = self.assigned_place.reshape(-1) >= 0
+        column = torch.cumsum(assigned, dim=0) - 1  # flat neuron index -> column of assigned_weights
         weight = self.ambiguity_weight.reshape(-1)[kept] if assignment == "weighted" else torch.ones(len(kept))
         thresholds = self.thresholds if self.config.query_thresholds == "adaptive" else torch.ones_like(self.thresholds)
+        module = torch.div(kept, self.thresholds.shape[1], rounding_mode="floor")
         return CompiledReadout(
-            self.config, self._flat_weights()[:, kept].contiguous() * drive_scale(self.config),
-            thresholds.reshape(-1)[kept], self._module_index()[kept], self.assigned_place.reshape(-1)[kept],
-            weight, self.n_places,
+            self.config, self.assigned_weights[:, column[kept]] * drive_scale(self.config),
+            thresholds.reshape(-1)[kept], module, self.assigned_place.reshape(-1)[kept], weight, self.n_places,
         )
 
 
@@ -182,9 +182,10 @@ class SpikingMap:
         neurons = sum(member.thresholds.numel() for member in self.members)
         return {
             "members": len(self.members),
-            "modules_per_member": [int(member.weights.shape[0]) for member in self.members],
+            "modules_per_member": [member.n_modules for member in self.members],
             "neurons": neurons,
-            "synapses": sum(member.weights.numel() for member in self.members),
+            "synapses": sum(member.thresholds.numel() * member.config.n_inputs for member in self.members),
+            "synapses_stored": sum(member.assigned_weights.numel() for member in self.members),
             "assigned_share": float(np.mean([float((m.assigned_place >= 0).float().mean()) for m in self.members])),
             "hyperactive_removed_share": float(np.mean([m.hyperactive_share(threshold) for m in self.members])),
             "training_seconds": self.training_seconds,
@@ -195,8 +196,8 @@ class SpikingMap:
         directory.mkdir(parents=True, exist_ok=True)
         arrays = {}
         for index, member in enumerate(self.members):
-            arrays[f"{index}.weights"] = member.weights.half().numpy()
-            for name in ("thresholds", "regions", "assigned_place", "ambiguity_weight", "places_fired"):
+            arrays[f"{index}.assigned_weights"] = member.assigned_weights.half().numpy()
+            for name in _MEMBER_ARRAYS:
                 arrays[f"{index}.{name}"] = getattr(member, name).numpy()
         array_path = directory / "arrays.npz"
         np.savez(array_path, **arrays)
@@ -233,9 +234,8 @@ class SpikingMap:
                 members = [
                     ModularNetwork(
                         member_config,
-                        torch.from_numpy(arrays[f"{i}.weights"].astype(np.float32)),
-                        *(torch.from_numpy(arrays[f"{i}.{name}"]) for name in
-                          ("thresholds", "regions", "assigned_place", "ambiguity_weight", "places_fired")),
+                        *(torch.from_numpy(arrays[f"{i}.{name}"]) for name in _MEMBER_ARRAYS),
+                        assigned_weights=torch.from_numpy(arrays[f"{i}.assigned_weights"].astype(np.float32)),
                         n_places=int(manifest["n_places"]),
                     )
                     for i, member_config in enumerate(config.member_configs())
