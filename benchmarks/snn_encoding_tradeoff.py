@@ -1,7 +1,8 @@
 """Encoding and time step against accuracy and training cost, on the CALIBRATION split only.
 
-Rate encoding is trained with the closed-form presentation (no time steps at all); Poisson encoding needs the
-step-by-step norse simulation, so its cost grows with presentation_ms / dt_ms.
+Rate encoding is trained with the closed-form presentation (no time steps at all), and so are Poisson spike
+counts spread over the presentation; Poisson spike trains need the step-by-step norse simulation, so their cost
+grows with presentation_ms / dt_ms.
 
     SPIKEBOT_DATA=../shared/datasets .venv/bin/python benchmarks/snn_encoding_tradeoff.py --epochs 5
 """
@@ -21,6 +22,7 @@ from vpr.snn.model import ModularNetwork
 
 VARIANTS = (
     ("rate, closed form", {"encoding": "rate"}),
+    ("poisson counts, closed form", {"encoding": "poisson_counts"}),
     ("poisson, dt 5 ms (70 steps)", {"encoding": "poisson", "dt_ms": 5.0}),
     ("poisson, dt 2 ms (175 steps)", {"encoding": "poisson", "dt_ms": 2.0}),
     ("poisson, dt 1 ms (350 steps)", {"encoding": "poisson", "dt_ms": 1.0}),

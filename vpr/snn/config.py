@@ -25,7 +25,7 @@ class NetworkConfig:
     region_split: Literal["contiguous", "shuffled"] = "contiguous"
     preprocess: PreprocessConfig = field(default_factory=lambda: PreprocessConfig(28, 28, "pixel", 7))
 
-    encoding: Literal["rate", "poisson"] = "rate"
+    encoding: Literal["rate", "poisson_counts", "poisson"] = "rate"
     presentation_ms: float = 350.0
     max_rate_per_ms: float = 0.06375
     input_gain: float = 4.0
@@ -60,8 +60,8 @@ class NetworkConfig:
             raise ValueError("n_neurons and places_per_module must be positive, epochs >= 0")
         if min(self.presentation_ms, self.tau_mem_ms, self.dt_ms, self.max_rate_per_ms) <= 0:
             raise ValueError("presentation_ms, tau_mem_ms, dt_ms and max_rate_per_ms must be positive")
-        if self.encoding not in ("rate", "poisson"):
-            raise ValueError(f"unknown encoding {self.encoding!r}: expected 'rate' or 'poisson'")
+        if self.encoding not in ("rate", "poisson_counts", "poisson"):
+            raise ValueError(f"unknown encoding {self.encoding!r}: expected rate, poisson_counts or poisson")
         if self.assignment not in ("standard", "weighted"):
             raise ValueError(f"unknown assignment {self.assignment!r}: expected 'standard' or 'weighted'")
         if self.query_readout not in ("rate", "wta_counts"):

@@ -25,6 +25,14 @@ def poisson_spike_trains(rates: torch.Tensor, config: NetworkConfig, generator: 
     return torch.bernoulli(probability.expand(*rates.shape[:-1], config.n_steps, rates.shape[-1]).contiguous(), generator=generator)
 
 
+def poisson_count_rates(rates: torch.Tensor, config: NetworkConfig, generator: torch.Generator) -> torch.Tensor:
+    """Rates as realised by Poisson inputs over one presentation: each input's spike count is drawn from
+    Poisson(rate x duration) and spread evenly. Keeps the trial-to-trial variability of Poisson coding (which
+    makes differently seeded networks differ) while the presentation keeps its closed form."""
+    expected = rates * config.max_rate_per_ms * config.presentation_ms
+    return torch.poisson(expected, generator=generator) / (config.max_rate_per_ms * config.presentation_ms)
+
+
 def spike_train_drive(spikes: torch.Tensor, weights: torch.Tensor, config: NetworkConfig) -> torch.Tensor:
     """Input current per step from input spikes, scaled so its mean equals the rate-encoded drive."""
     return torch.bmm(spikes, weights) * (drive_scale(config) / (config.max_rate_per_ms * config.dt_ms))

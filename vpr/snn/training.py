@@ -8,7 +8,7 @@ import torch
 
 from vpr.snn.config import NetworkConfig
 from vpr.snn.dynamics import presentation_periods, simulate_presentation
-from vpr.snn.encoding import drive_scale, poisson_spike_trains, spike_train_drive
+from vpr.snn.encoding import drive_scale, poisson_count_rates, poisson_spike_trains, spike_train_drive
 from vpr.snn.learning import RankOneChange, apply_weight_change, normalise_weights_, weight_change_closed_form, weight_change_from_spike_trains
 
 
@@ -59,7 +59,9 @@ class _Presenter:
 
     def _present(self, rates, weights, thresholds):
         config = self.config
-        if config.encoding == "rate":
+        if config.encoding in ("rate", "poisson_counts"):
+            if config.encoding == "poisson_counts":
+                rates = poisson_count_rates(rates, config, self.generator)
             drive = torch.bmm(rates.unsqueeze(1), weights).squeeze(1) * drive_scale(config)
             period = presentation_periods(drive, thresholds, config)
             counts = torch.floor(config.presentation_ms / period).to(rates.dtype)
