@@ -163,7 +163,9 @@ class SpikingMap:
 
         ``sum`` adds the members' raw scores (the papers); ``normalised_sum`` first divides each member's scores
         by its best score per query; ``covered_mean`` averages, per place, over the members that have neurons
-        for it, so a place is not penalised because some member left it without neurons.
+        for it, so a place is not penalised because some member left it without neurons. A place that no member
+        has neurons for gets the query's mean score: no evidence either way, so that sequence matching can pass
+        through it instead of treating it as the worst match.
         """
         total = covering = None
         for readout in readouts or self.compile():
@@ -174,7 +176,11 @@ class SpikingMap:
             total = member_scores if total is None else total + member_scores
             covering = covered if covering is None else covering + covered
         if self.config.combination == "covered_mean":
-            return total / covering.clamp(min=1.0)
+            total = total / covering.clamp(min=1.0)
+        uncovered = covering == 0
+        if uncovered.any() and not uncovered.all():
+            neutral = total[:, ~uncovered].mean(dim=1, keepdim=True)
+            total = torch.where(uncovered, neutral, total)
         return total
 
     def statistics(self) -> dict[str, Any]:
