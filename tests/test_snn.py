@@ -11,7 +11,7 @@ from vpr.errors import SpikebotError
 from vpr.snn.config import EnsembleConfig, NetworkConfig
 from vpr.snn.dynamics import first_spike_time, presentation_periods, simulate_presentation
 from vpr.snn.learning import normalise_weights_, weight_change_closed_form, weight_change_from_spike_trains
-from vpr.snn.model import MapError, ModularNetwork, SpikingMap
+from vpr.snn.model import CompiledReadout, MapError, ModularNetwork, SpikingMap
 from vpr.snn.readout import assign_neurons, place_scores, query_responses, winner_spike_counts
 from vpr.snn.training import module_regions
 
@@ -185,3 +185,13 @@ def test_map_round_trip_and_refusals(tmp_path):
 def test_invalid_network_configs(kwargs):
     with pytest.raises(ValueError):
         NetworkConfig(**kwargs)
+
+
+def test_places_without_neurons_score_the_query_mean():
+    config = NetworkConfig(query_thresholds="base")
+    readout = CompiledReadout(config, torch.tensor([[2.0, 4.0]]), torch.ones(2), torch.zeros(2, dtype=torch.long),
+                              torch.tensor([0, 2]), torch.ones(2), n_places=3)
+    spiking_map = SpikingMap(EnsembleConfig(network=config, seeds=(0,)), [], "x")
+    scores = spiking_map.scores(torch.tensor([[1.0]]), [readout])
+    assert scores[0, 1] == pytest.approx((scores[0, 0] + scores[0, 2]) / 2)
+    assert scores[0, 2] > scores[0, 0] > 0
