@@ -143,7 +143,7 @@ def calibrate_command(dataset, reference, query, tolerance, data_root, config_fi
     """Choose epochs, hyperactive threshold and readout on the CALIBRATION split (never the test split)."""
     from vpr.methods.snn import SNNMethodConfig
     from vpr.preprocess import preprocess
-    from vpr.snn.calibration import calibrate
+    from vpr.snn.calibration import calibrate, calibrate_combination
     from vpr.snn.encoding import image_rates
 
     def run():
@@ -152,15 +152,18 @@ def calibrate_command(dataset, reference, query, tolerance, data_root, config_fi
         network = base.ensemble.network
         rates = [image_rates(preprocess(traverse, network.preprocess)) for traverse in (data.reference, data.query)]
         chosen, rows = calibrate(*rates, data.ground_truth, network, device=base.device)
-        ensemble = dataclasses.replace(base.ensemble, network=chosen)
+        ensemble, combination_rows = calibrate_combination(
+            *rates, data.ground_truth, dataclasses.replace(base.ensemble, network=chosen), device=base.device
+        )
         record = {"ensemble": ensemble.to_dict(),
-                  "calibration": {"dataset": dataset, "split": "calibration", "data": data.info, "rows": rows}}
+                  "calibration": {"dataset": dataset, "split": "calibration", "data": data.info, "rows": rows,
+                                  "combination_rows": combination_rows}}
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(record, indent=2) + "\n")
         best = max(rows, key=lambda row: row["recall_at_1"])
         click.echo(f"calibration R@1 {best['recall_at_1']:.3f} with epochs={chosen.epochs}, "
                    f"hyperactive_threshold={chosen.hyperactive_threshold}, assignment={chosen.assignment}, "
-                   f"query_thresholds={chosen.query_thresholds}; written to {out}")
+                   f"query_thresholds={chosen.query_thresholds}, combination={ensemble.combination}; written to {out}")
 
     _run_guarded(run)
 

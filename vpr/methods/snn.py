@@ -108,9 +108,12 @@ class SNNEnsembleMethod(PlaceMethod):
             (f"snn-ensemble x{n}, no regularisation", n, {"hyperactive_threshold": None}),
         ]
         ablated = [self.with_map(self.map.subset(k, **changes), label) for label, k, changes in variants]
-        normalised = replace(self.map.config, combination="normalised_sum")
-        ablated.append(self.with_map(SpikingMap(normalised, self.map.members, self.map.reference_fingerprint, self.map.member_seconds),
-                                     f"snn-ensemble x{n}, normalised sum"))
+        for combination in ("sum", "normalised_sum", "covered_mean"):
+            if combination != self.map.config.combination and n > 1:
+                recombined = replace(self.map.config, combination=combination)
+                ablated.append(self.with_map(
+                    SpikingMap(recombined, self.map.members, self.map.reference_fingerprint, self.map.member_seconds),
+                    f"snn-ensemble x{n}, {combination.replace('_', ' ')}"))
         return ablated
 
 

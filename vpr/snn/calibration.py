@@ -14,9 +14,11 @@ import torch
 
 from vpr.data import GroundTruth
 from vpr.metrics import recall_at_n
-from vpr.snn.config import NetworkConfig
-from vpr.snn.model import ModularNetwork
+from vpr.snn.config import EnsembleConfig, NetworkConfig
+from vpr.snn.model import ModularNetwork, SpikingMap
 from vpr.snn.training import train_modules
+
+COMBINATIONS = ("sum", "normalised_sum", "covered_mean")
 
 
 @dataclass(frozen=True)
@@ -61,3 +63,18 @@ def calibrate(
     chosen = replace(network, epochs=best["epochs"], query_thresholds=best["query_thresholds"],
                      assignment=best["assignment"], hyperactive_threshold=best["hyperactive_threshold"])
     return chosen, rows
+
+
+def calibrate_combination(
+    reference_rates: torch.Tensor, query_rates: torch.Tensor, truth: GroundTruth, ensemble: EnsembleConfig,
+    *, device: str = "cpu",
+) -> tuple[EnsembleConfig, list[dict[str, Any]]]:
+    """Train the whole ensemble on the calibration references and choose how members' scores are combined."""
+    trained = SpikingMap.train(reference_rates, ensemble, "calibration", device=device)
+    rows = []
+    for combination in COMBINATIONS:
+        candidate = SpikingMap(replace(ensemble, combination=combination), trained.members, "calibration")
+        rows.append({"combination": combination,
+                     "recall_at_1": recall_at_n((-candidate.scores(query_rates)).numpy(), truth, (1,))[1]})
+    best = max(enumerate(rows), key=lambda item: (item[1]["recall_at_1"], -item[0]))[1]
+    return replace(ensemble, combination=best["combination"]), rows
