@@ -15,7 +15,7 @@ import numpy as np
 
 from spikebot.progress import progress
 from spikebot.provenance import SOURCE_ROOT
-from vpr.data import GroundTruth, PlaceDataset, Traverse, read_image
+from vpr.data import GroundTruth, PlaceDataset, Traverse
 from vpr.errors import DatasetError
 from vpr.preprocess import to_grayscale
 

@@ -82,13 +82,13 @@ class SNNEnsembleMethod(PlaceMethod):
             return (-self.map.scores(self._rates(query_images), self.readouts)).numpy()
 
     def describe(self) -> dict[str, Any]:
-        described = {"name": self.name, "config": {"ensemble": self.map.config.to_dict() if hasattr(self, "map") else
-                                                   self.config.ensemble.to_dict(), "map_dir": self.config.map_dir,
-                                                   "device": self.config.device}}
-        if hasattr(self, "map"):
-            described["map_statistics"] = self.map.statistics()
+        trained = getattr(self, "map", None)
+        ensemble = trained.config if trained else self.config.ensemble
+        described = {"name": self.name,
+                     "config": {"ensemble": ensemble.to_dict(), "map_dir": self.config.map_dir, "device": self.config.device}}
+        if trained:
+            described["map_statistics"] = trained.statistics()
         return described
-
 
     def with_map(self, spiking_map: SpikingMap, name: str) -> SNNEnsembleMethod:
         """This method reading out another (sub-)map, named ``name`` in results: ablations of one trained map."""

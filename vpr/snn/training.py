@@ -43,18 +43,15 @@ class _Presenter:
         """Summed weight change and spike counts for one presentation of ``rates`` (modules, inputs)."""
         config = self.config
         gain = torch.ones(len(rates), 1, device=rates.device)
-        change = counts = None
-        for _ in range(config.max_repeats + 1):
-            trial_change, trial_counts = self._present(rates * gain, weights, thresholds)
-            if change is None:
-                change, counts = trial_change, trial_counts
-            else:
-                change = _select(retry, trial_change, change)
-                counts = torch.where(retry.view(-1, 1), trial_counts, counts)
+        change, counts = self._present(rates, weights, thresholds)
+        for _ in range(config.max_repeats):
             retry = active & (counts.sum(dim=1) < config.min_spikes)
             if not retry.any():
                 break
             gain = gain + config.gain_step * retry.unsqueeze(1)
+            trial_change, trial_counts = self._present(rates * gain, weights, thresholds)
+            change = _select(retry, trial_change, change)
+            counts = torch.where(retry.view(-1, 1), trial_counts, counts)
         return change, counts
 
     def _present(self, rates, weights, thresholds):
