@@ -60,17 +60,17 @@ def main() -> None:
         SpikingMap.load(scratch)
         load_seconds = time.perf_counter() - start
 
-    readouts = spiking_map.compile()
+    readout = spiking_map.compile()
     with torch.inference_mode():
-        single = latency_ms(lambda: spiking_map.scores(query_rates[:1], readouts), repeats=50)
+        single = latency_ms(lambda: spiking_map.scores(query_rates[:1], readout), repeats=50)
         batch = query_rates[:256]
-        batched = latency_ms(lambda: spiking_map.scores(batch, readouts), repeats=5) / len(batch)
+        batched = latency_ms(lambda: spiking_map.scores(batch, readout), repeats=5) / len(batch)
     print(json.dumps({
         "protocol": args.protocol, "config": args.config, "device": args.device,
         "torch_threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
         "places": len(reference_rates), "members": len(config.seeds),
         "modules_per_member": [m.n_modules for m in spiking_map.members],
-        "neurons_read_out": sum(len(r.place) for r in readouts),
+        "neurons_read_out": readout.weight.numel(),
         "training_seconds": round(training_seconds, 1), "member_seconds": [round(s, 1) for s in spiking_map.member_seconds],
         "peak_rss_mib": round(peak_rss_mib), "map_size_mib": round(size_mib, 1), "map_load_seconds": round(load_seconds, 2),
         "single_query_ms": round(single, 2), "batched_query_ms_per_image": round(batched, 3),

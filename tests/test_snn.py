@@ -190,8 +190,8 @@ def test_invalid_network_configs(kwargs):
 def test_places_without_neurons_score_the_query_mean():
     config = NetworkConfig(query_thresholds="base")
     readout = CompiledReadout(config, torch.tensor([[2.0, 4.0]]), torch.ones(2), torch.zeros(2, dtype=torch.long),
-                              torch.tensor([0, 2]), torch.ones(2), n_places=3)
+                              torch.tensor([0, 2]), torch.ones(2), n_members=1, n_places=3)
     spiking_map = SpikingMap(EnsembleConfig(network=config, seeds=(0,)), [], "x")
-    scores = spiking_map.scores(torch.tensor([[1.0]]), [readout])
+    scores = spiking_map.scores(torch.tensor([[1.0]]), readout)
     assert scores[0, 1] == pytest.approx((scores[0, 0] + scores[0, 2]) / 2)
     assert scores[0, 2] > scores[0, 0] > 0

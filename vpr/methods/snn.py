@@ -75,11 +75,11 @@ class SNNEnsembleMethod(PlaceMethod):
             ensemble = self.config.ensemble
             self.map = SpikingMap.train(rates, ensemble, fingerprint, device=self.config.device,
                                         progress=_epoch_bar(ensemble.network.epochs))
-        self.readouts = self.map.compile()
+        self.readout = self.map.compile()
 
     def distances(self, query_images: Iterable[np.ndarray]) -> np.ndarray:
         with torch.inference_mode():
-            return (-self.map.scores(self._rates(query_images), self.readouts)).numpy()
+            return (-self.map.scores(self._rates(query_images), self.readout)).numpy()
 
     def describe(self) -> dict[str, Any]:
         trained = getattr(self, "map", None)
@@ -93,7 +93,7 @@ class SNNEnsembleMethod(PlaceMethod):
     def with_map(self, spiking_map: SpikingMap, name: str) -> SNNEnsembleMethod:
         """This method reading out another (sub-)map, named ``name`` in results: ablations of one trained map."""
         variant = type(self)(replace(self.config, ensemble=spiking_map.config))
-        variant.name, variant.map, variant.readouts = name, spiking_map, spiking_map.compile()
+        variant.name, variant.map, variant.readout = name, spiking_map, spiking_map.compile()
         return variant
 
     def ablations(self) -> list[SNNEnsembleMethod]:

@@ -7,6 +7,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -96,30 +97,51 @@ class ModularNetwork:
         module = torch.div(kept, self.thresholds.shape[1], rounding_mode="floor")
         return CompiledReadout(
             self.config, self.assigned_weights[:, column[kept]] * drive_scale(self.config),
-            thresholds.reshape(-1)[kept], module, self.assigned_place.reshape(-1)[kept], weight, self.n_places,
+            thresholds.reshape(-1)[kept], module, self.assigned_place.reshape(-1)[kept], weight,
+            n_members=1, n_places=self.n_places,
         )
 
 
 @dataclass
 class CompiledReadout:
-    """Only what a query needs: the kept neurons' scaled weights, thresholds, places and weights."""
+    """Only what a query needs, for one member or several fused into one matrix product: the kept neurons'
+    scaled weights and thresholds, their module (numbered across members), their slot ``member * n_places +
+    place`` and their weight. A query over the whole map is then one product plus one scatter."""
 
     config: NetworkConfig
     scaled_weights: torch.Tensor  # (inputs, kept neurons)
     thresholds: torch.Tensor
     module: torch.Tensor
-    place: torch.Tensor
+    slot: torch.Tensor
     weight: torch.Tensor
+    n_members: int
     n_places: int
 
-    @property
-    def covered_places(self) -> torch.Tensor:
-        """Places that have at least one neuron in this readout."""
-        return torch.bincount(self.place, minlength=self.n_places) > 0
+    @classmethod
+    def fuse(cls, readouts: list[CompiledReadout]) -> CompiledReadout:
+        module_offsets = np.cumsum([0] + [int(r.module.max()) + 1 if len(r.module) else 0 for r in readouts])
+        return cls(
+            readouts[0].config,
+            torch.cat([r.scaled_weights for r in readouts], dim=1),
+            torch.cat([r.thresholds for r in readouts]),
+            torch.cat([r.module + int(offset) for r, offset in zip(readouts, module_offsets)]),
+            torch.cat([r.slot + index * r.n_places for index, r in enumerate(readouts)]),
+            torch.cat([r.weight for r in readouts]),
+            n_members=len(readouts), n_places=readouts[0].n_places,
+        )
+
+    @cached_property
+    def covered(self) -> torch.Tensor:
+        """(members, places): which places each member has neurons for."""
+        return (torch.bincount(self.slot, minlength=self.n_members * self.n_places) > 0).view(self.n_members, -1)
+
+    def member_scores(self, rates: torch.Tensor) -> torch.Tensor:
+        """(queries, members, places) weighted mean responses of each member's neurons of each place."""
+        responses = query_responses(rates @ self.scaled_weights, self.thresholds, self.module, self.config)
+        return place_scores(responses, self.slot, self.weight, self.n_members * self.n_places).view(len(rates), self.n_members, -1)
 
     def scores(self, rates: torch.Tensor) -> torch.Tensor:
-        responses = query_responses(rates @ self.scaled_weights, self.thresholds, self.module, self.config)
-        return place_scores(responses, self.place, self.weight, self.n_places)
+        return self.member_scores(rates).sum(dim=1)
 
 
 @dataclass
@@ -154,11 +176,11 @@ class SpikingMap:
         members = [replace(member, config=replace(member.config, **network_changes)) for member in self.members[:n_members]]
         return SpikingMap(config, members, self.reference_fingerprint, self.member_seconds[:n_members])
 
-    def compile(self) -> list[CompiledReadout]:
+    def compile(self) -> CompiledReadout:
         network = self.config.network
-        return [member.compile(network.hyperactive_threshold, network.assignment) for member in self.members]
+        return CompiledReadout.fuse([member.compile(network.hyperactive_threshold, network.assignment) for member in self.members])
 
-    def scores(self, rates: torch.Tensor, readouts: list[CompiledReadout] | None = None) -> torch.Tensor:
+    def scores(self, rates: torch.Tensor, readout: CompiledReadout | None = None) -> torch.Tensor:
         """(queries, places) ensemble scores, higher meaning more likely the same place.
 
         ``sum`` adds the members' raw scores (the papers); ``normalised_sum`` first divides each member's scores
@@ -167,14 +189,12 @@ class SpikingMap:
         has neurons for gets the query's mean score: no evidence either way, so that sequence matching can pass
         through it instead of treating it as the worst match.
         """
-        total = covering = None
-        for readout in readouts or self.compile():
-            member_scores = readout.scores(rates)
-            if self.config.combination == "normalised_sum":
-                member_scores = member_scores / member_scores.amax(dim=1, keepdim=True).clamp(min=1e-12)
-            covered = readout.covered_places.to(member_scores.dtype)
-            total = member_scores if total is None else total + member_scores
-            covering = covered if covering is None else covering + covered
+        readout = readout or self.compile()
+        member_scores = readout.member_scores(rates)
+        if self.config.combination == "normalised_sum":
+            member_scores = member_scores / member_scores.amax(dim=2, keepdim=True).clamp(min=1e-12)
+        total = member_scores.sum(dim=1)
+        covering = readout.covered.sum(dim=0).to(total.dtype)
         if self.config.combination == "covered_mean":
             total = total / covering.clamp(min=1.0)
         uncovered = covering == 0
