@@ -195,3 +195,31 @@ def test_places_without_neurons_score_the_query_mean():
     scores = spiking_map.scores(torch.tensor([[1.0]]), readout)
     assert scores[0, 1] == pytest.approx((scores[0, 0] + scores[0, 2]) / 2)
     assert scores[0, 2] > scores[0, 0] > 0
+
+
+def test_interrupted_training_resumes_from_finished_members(tmp_path):
+    rates = place_images()
+    config = EnsembleConfig(network=replace(SMALL, epochs=2), seeds=(0, 1, 2))
+    calls = []
+
+    def interrupt_in_member_two(description):
+        calls.append(description)
+        if description.startswith("member 2"):
+            raise KeyboardInterrupt
+        return lambda *_: None
+
+    def record(description):
+        calls.append(description)
+        return lambda *_: None
+
+    with pytest.raises(KeyboardInterrupt):
+        SpikingMap.train(rates, config, "abc", progress=interrupt_in_member_two, checkpoint_dir=tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["member-0.pt"]
+    calls.clear()
+    resumed = SpikingMap.train(rates, config, "abc", progress=record, checkpoint_dir=tmp_path)
+    assert calls == ["member 2/3", "member 3/3"]  # member 1 came from its checkpoint
+    fresh = SpikingMap.train(rates, config, "abc")
+    assert torch.equal(resumed.scores(rates), fresh.scores(rates))
+    calls.clear()  # a checkpoint of other reference images is never resumed from
+    SpikingMap.train(rates, config, "other", progress=record, checkpoint_dir=tmp_path)
+    assert calls == ["member 1/3", "member 2/3", "member 3/3"]

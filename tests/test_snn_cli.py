@@ -35,6 +35,7 @@ def test_eval_trains_and_reports_the_ensemble(tmp_path, config_file):
 
 def test_build_map_then_eval_from_the_map(tmp_path, config_file):
     assert invoke("vpr", "build-map", "--method", "snn-ensemble", "--config", config_file, "--out", tmp_path / "map").exit_code == 0
+    assert sorted(p.name for p in (tmp_path / "map").iterdir()) == ["arrays.npz", "map.json"]  # checkpoints cleaned up
     trained = invoke("vpr", "eval", "--method", "snn-ensemble", "--config", config_file, "--out", tmp_path / "a")
     assert trained.exit_code == 0, trained.output
     loaded = invoke("vpr", "eval", "--method", "snn-ensemble", "--map", tmp_path / "map", "--out", tmp_path / "b")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import click
@@ -117,13 +118,19 @@ def eval_command(dataset, reference, query, ground_truth, tolerance, split, data
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), help="Ensemble configuration JSON.")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Folder for the map artefact.")
 def build_map_command(dataset, reference, query, ground_truth, tolerance, split, data_root, method, config_file, out):
-    """Train a spiking map on the reference traverse and save it (map.json + arrays.npz) to OUT."""
+    """Train a spiking map on the reference traverse and save it (map.json + arrays.npz) to OUT.
+
+    Finished members are kept in OUT/checkpoints until the map is saved: run the same command again after an
+    interrupt and it resumes."""
 
     def run():
         data = _load_dataset(dataset, reference, query, ground_truth, tolerance, split, data_root)
+        checkpoints = Path(out) / "checkpoints"
         place_method = _make_method(method, config_file, None)
+        place_method = create_method(method, dataclasses.replace(place_method.config, checkpoint_dir=str(checkpoints)))
         place_method.build_map(data.reference)
         place_method.map.save(out)
+        shutil.rmtree(checkpoints, ignore_errors=True)
         stats = place_method.map.statistics()
         click.echo(json.dumps(stats, indent=2))
         click.echo(f"map of {len(data.reference)} places written to {Path(out).resolve()}")

@@ -25,10 +25,12 @@ def default_device() -> str:
 
 @dataclass(frozen=True)
 class SNNMethodConfig:
-    """``ensemble`` is trained on the reference traverse unless ``map_dir`` names a map built earlier."""
+    """``ensemble`` is trained on the reference traverse unless ``map_dir`` names a map built earlier;
+    ``checkpoint_dir`` keeps finished members so an interrupted training resumes."""
 
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
     map_dir: str | None = None
+    checkpoint_dir: str | None = None
     device: str = field(default_factory=default_device)
 
     @classmethod
@@ -74,7 +76,8 @@ class SNNEnsembleMethod(PlaceMethod):
         else:
             ensemble = self.config.ensemble
             self.map = SpikingMap.train(rates, ensemble, fingerprint, device=self.config.device,
-                                        progress=_epoch_bar(ensemble.network.epochs))
+                                        progress=_epoch_bar(ensemble.network.epochs),
+                                        checkpoint_dir=self.config.checkpoint_dir)
         self.readout = self.map.compile()
 
     def distances(self, query_images: Iterable[np.ndarray]) -> np.ndarray:

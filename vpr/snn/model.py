@@ -159,13 +159,25 @@ class SpikingMap:
 
     @classmethod
     def train(cls, rates: torch.Tensor, config: EnsembleConfig, fingerprint: str, *, device: str = "cpu",
-              progress: Callable[[str], Callable[..., None]] | None = None) -> SpikingMap:
+              progress: Callable[[str], Callable[..., None]] | None = None,
+              checkpoint_dir: str | Path | None = None) -> SpikingMap:
+        """Train every member. With ``checkpoint_dir`` each finished member is saved there at once, and a member
+        already saved with the same configuration and reference fingerprint is loaded instead of retrained, so
+        an interrupted build resumes where it stopped."""
         members, seconds = [], []
         for index, member_config in enumerate(config.member_configs()):
+            checkpoint = Path(checkpoint_dir) / f"member-{index}.pt" if checkpoint_dir is not None else None
+            resumed = _load_member(checkpoint, member_config, fingerprint) if checkpoint is not None else None
+            if resumed is not None:
+                members.append(resumed[0])
+                seconds.append(resumed[1])
+                continue
             start = time.perf_counter()
             on_epoch = progress(f"member {index + 1}/{len(config.seeds)}") if progress else None
             members.append(ModularNetwork.train(rates, member_config, device=device, on_epoch=on_epoch))
             seconds.append(time.perf_counter() - start)
+            if checkpoint is not None:
+                _save_member(checkpoint, members[-1], fingerprint, seconds[-1])
         return cls(config, members, fingerprint, seconds)
 
     def subset(self, n_members: int, **network_changes: Any) -> SpikingMap:
@@ -269,6 +281,24 @@ class SpikingMap:
         except (KeyError, ValueError, TypeError) as error:
             raise MapError(f"map {directory} is inconsistent with its manifest: {error}") from error
         return cls(config, members, manifest["reference_fingerprint"], list(manifest.get("member_seconds", [])))
+
+
+def _save_member(path: Path, member: ModularNetwork, fingerprint: str, seconds: float) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {name: getattr(member, name) for name in (*_MEMBER_ARRAYS, "assigned_weights")}
+    partial = path.with_suffix(".partial")
+    torch.save({"config": member.config.to_dict(), "fingerprint": fingerprint, "seconds": seconds,
+                "n_places": member.n_places, "arrays": state}, partial)
+    partial.replace(path)  # atomic: an interrupt never leaves a half-written member behind
+
+
+def _load_member(path: Path, config: NetworkConfig, fingerprint: str) -> tuple[ModularNetwork, float] | None:
+    if not path.is_file():
+        return None
+    saved = torch.load(path, weights_only=True)
+    if saved["config"] != json.loads(json.dumps(config.to_dict())) or saved["fingerprint"] != fingerprint:
+        return None
+    return ModularNetwork(config, **saved["arrays"], n_places=saved["n_places"]), saved["seconds"]
 
 
 def _sha256(path: Path) -> str:
