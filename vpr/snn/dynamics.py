@@ -51,13 +51,6 @@ def spike_counts_from_periods(period: torch.Tensor, config: NetworkConfig) -> to
     return torch.floor(config.presentation_ms / period).to(torch.float32)
 
 
-def presentation_spike_counts(
-    drive: torch.Tensor, thresholds: torch.Tensor, config: NetworkConfig, *, inhibition: bool
-) -> torch.Tensor:
-    """Spikes each neuron fires in one presentation, in closed form."""
-    return spike_counts_from_periods(presentation_periods(drive, thresholds, config, inhibition=inhibition), config)
-
-
 def _lif(tau_ms: float, threshold: torch.Tensor | float, dt: float) -> LIFParameters:
     return LIFParameters(
         tau_syn_inv=torch.tensor(1.0 / dt),  # the input current of a step acts in that step only
