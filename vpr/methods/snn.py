@@ -78,11 +78,12 @@ class SNNEnsembleMethod(PlaceMethod):
             self.map = SpikingMap.train(rates, ensemble, fingerprint, device=self.config.device,
                                         progress=_epoch_bar(ensemble.network.epochs),
                                         checkpoint_dir=self.config.checkpoint_dir)
-        self.readout = self.map.compile()
+        self.readout = self.map.compile().to(self.config.device)
 
     def distances(self, query_images: Iterable[np.ndarray]) -> np.ndarray:
         with torch.inference_mode():
-            return (-self.map.scores(self._rates(query_images), self.readout)).numpy()
+            rates = self._rates(query_images).to(self.config.device)
+            return (-self.map.scores(rates, self.readout)).cpu().numpy()
 
     def describe(self) -> dict[str, Any]:
         trained = getattr(self, "map", None)
@@ -96,7 +97,7 @@ class SNNEnsembleMethod(PlaceMethod):
     def with_map(self, spiking_map: SpikingMap, name: str) -> SNNEnsembleMethod:
         """This method reading out another (sub-)map, named ``name`` in results: ablations of one trained map."""
         variant = type(self)(replace(self.config, ensemble=spiking_map.config))
-        variant.name, variant.map, variant.readout = name, spiking_map, spiking_map.compile()
+        variant.name, variant.map, variant.readout = name, spiking_map, spiking_map.compile().to(self.config.device)
         return variant
 
     def ablations(self) -> list[SNNEnsembleMethod]:

@@ -130,6 +130,10 @@ class CompiledReadout:
             n_members=len(readouts), n_places=readouts[0].n_places,
         )
 
+    def to(self, device: str | torch.device) -> CompiledReadout:
+        tensors = {name: getattr(self, name).to(device) for name in ("scaled_weights", "thresholds", "module", "slot", "weight")}
+        return replace(self, **tensors)
+
     @cached_property
     def covered(self) -> torch.Tensor:
         """(members, places): which places each member has neurons for."""
