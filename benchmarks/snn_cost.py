@@ -26,14 +26,16 @@ from vpr.snn.encoding import image_rates
 from vpr.snn.model import SpikingMap, fingerprint_rates
 
 
-def latency_ms(function, repeats: int) -> float:
-    function()  # warm-up
-    times = []
-    for _ in range(repeats):
+def latency_ms(function, repeats: int, device: str) -> float:
+    def timed_call() -> float:
         start = time.perf_counter()
         function()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    timed_call()  # warm-up
+    return 1000 * statistics.median(timed_call() for _ in range(repeats))
 
 
 def main() -> None:
@@ -60,11 +62,12 @@ def main() -> None:
         SpikingMap.load(scratch)
         load_seconds = time.perf_counter() - start
 
-    readout = spiking_map.compile()
+    readout = spiking_map.compile().to(args.device)
+    query_rates = query_rates.to(args.device)
     with torch.inference_mode():
-        single = latency_ms(lambda: spiking_map.scores(query_rates[:1], readout), repeats=50)
+        single = latency_ms(lambda: spiking_map.scores(query_rates[:1], readout), 50, args.device)
         batch = query_rates[:256]
-        batched = latency_ms(lambda: spiking_map.scores(batch, readout), repeats=5) / len(batch)
+        batched = latency_ms(lambda: spiking_map.scores(batch, readout), 5, args.device) / len(batch)
     print(json.dumps({
         "protocol": args.protocol, "config": args.config, "device": args.device,
         "torch_threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
