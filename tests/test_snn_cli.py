@@ -68,7 +68,9 @@ def test_calibrate_uses_only_the_calibration_split(tmp_path, config_file):
     best = max(rows, key=lambda row: row["recall_at_1"])
     assert record["ensemble"]["network"]["epochs"] == best["epochs"]
     assert record["ensemble"]["network"]["hyperactive_threshold"] == best["hyperactive_threshold"]
-    combinations = record["calibration"]["combination_rows"]
+    combinations = [row for row in record["calibration"]["combination_rows"] if "combination" in row]
+    members = [row for row in record["calibration"]["combination_rows"] if "member" in row]
+    assert [row["member"] for row in members] == [0, 1, 2] and all(0 < row["covered_places"] <= 1 for row in members)
     assert record["ensemble"]["combination"] == max(combinations, key=lambda row: row["recall_at_1"])["combination"]
 
 

@@ -40,17 +40,15 @@ def _load_dataset(dataset, reference, query, ground_truth, tolerance, split, dat
     )
 
 
-def _make_method(name: str, config_file: str | None, map_dir: str | None) -> PlaceMethod:
-    """The method ``name``; spiking methods take an ensemble configuration file and/or a built map."""
+def _make_method(name: str, config_file: str | None, map_dir: str | None, checkpoint_dir: str | None = None) -> PlaceMethod:
+    """The method ``name``; spiking methods take an ensemble configuration file, a built map, a checkpoint folder."""
     if name not in SPIKING_METHODS:
         if config_file or map_dir:
             raise click.UsageError(f"--config and --map apply to {' and '.join(SPIKING_METHODS)}, not {name}")
         return create_method(name)
     config_type = METHODS[name].config_type
     config = config_type.from_file(config_file) if config_file else config_type()
-    if map_dir:
-        config = dataclasses.replace(config, map_dir=map_dir)
-    return create_method(name, config)
+    return create_method(name, dataclasses.replace(config, map_dir=map_dir, checkpoint_dir=checkpoint_dir))
 
 
 def _run_guarded(function):
@@ -126,8 +124,7 @@ def build_map_command(dataset, reference, query, ground_truth, tolerance, split,
     def run():
         data = _load_dataset(dataset, reference, query, ground_truth, tolerance, split, data_root)
         checkpoints = Path(out) / "checkpoints"
-        place_method = _make_method(method, config_file, None)
-        place_method = create_method(method, dataclasses.replace(place_method.config, checkpoint_dir=str(checkpoints)))
+        place_method = _make_method(method, config_file, None, checkpoint_dir=str(checkpoints))
         place_method.build_map(data.reference)
         place_method.map.save(out)
         shutil.rmtree(checkpoints, ignore_errors=True)

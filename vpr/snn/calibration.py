@@ -69,12 +69,22 @@ def calibrate_combination(
     reference_rates: torch.Tensor, query_rates: torch.Tensor, truth: GroundTruth, ensemble: EnsembleConfig,
     *, device: str = "cpu",
 ) -> tuple[EnsembleConfig, list[dict[str, Any]]]:
-    """Train the whole ensemble on the calibration references and choose how members' scores are combined."""
+    """Train the whole ensemble on the calibration references and choose how members' scores are combined.
+
+    Rows also give each member alone (its Recall@1 and the share of places it has neurons for), which shows how
+    much the members differ."""
     trained = SpikingMap.train(reference_rates, ensemble, "calibration", device=device)
+    member_rows = []
+    for index in range(len(trained.members)):
+        member = SpikingMap(replace(ensemble, seeds=ensemble.seeds[index : index + 1], neurons_per_member=None),
+                            trained.members[index : index + 1], "calibration")
+        readout = member.compile()
+        member_rows.append({"member": index, "covered_places": float(readout.covered.float().mean()),
+                            "recall_at_1": recall_at_n((-member.scores(query_rates, readout)).numpy(), truth, (1,))[1]})
     rows = []
     for combination in COMBINATIONS:
         candidate = SpikingMap(replace(ensemble, combination=combination), trained.members, "calibration")
         rows.append({"combination": combination,
                      "recall_at_1": recall_at_n((-candidate.scores(query_rates)).numpy(), truth, (1,))[1]})
     best = max(enumerate(rows), key=lambda item: (item[1]["recall_at_1"], -item[0]))[1]
-    return replace(ensemble, combination=best["combination"]), rows
+    return replace(ensemble, combination=best["combination"]), member_rows + rows
