@@ -74,6 +74,23 @@ def test_calibrate_uses_only_the_calibration_split(tmp_path, config_file):
     assert record["ensemble"]["combination"] == max(combinations, key=lambda row: row["recall_at_1"])["combination"]
 
 
+def test_calibrate_chooses_among_candidate_inputs(tmp_path, config_file):
+    result = invoke("vpr", "calibrate", "--dataset", "demo", "--config", config_file,
+                    "--input", "12x12:5", "--input", "20x10:5", "--out", tmp_path / "cal.json")
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "cal.json").read_text())
+    rows = record["calibration"]["rows"]
+    assert {row["input"] for row in rows} == {"12x12 pixel 5", "20x10 pixel 5"}
+    best = max(rows, key=lambda row: row["recall_at_1"])
+    chosen = record["ensemble"]["network"]["preprocess"]
+    assert f"{chosen['width']}x{chosen['height']} pixel {chosen['patch_size']}" == best["input"]
+
+
+def test_calibrate_refuses_a_malformed_input():
+    result = invoke("vpr", "calibrate", "--dataset", "demo", "--input", "32by32", "--out", "unused.json")
+    assert result.exit_code != 0 and "expected WxH:PATCH" in result.output
+
+
 def test_benchmark_ablation_rows_come_from_one_training(tmp_path, config_file):
     result = invoke("vpr", "benchmark", "--protocol", "demo:day:overcast:test", "--method", "snn-ensemble",
                     "--config", config_file, "--ablation", "--seq-len", "1", "--out", tmp_path)

@@ -135,6 +135,21 @@ def build_map_command(dataset, reference, query, ground_truth, tolerance, split,
     _run_guarded(run)
 
 
+def _parse_inputs(context, parameter, values):
+    """``WxH:PATCH`` strings -> per-pixel patch-normalised PreprocessConfigs."""
+    from vpr.preprocess import PreprocessConfig
+
+    parsed = []
+    for value in values:
+        try:
+            size, patch = value.split(":")
+            width, height = size.lower().split("x")
+            parsed.append(PreprocessConfig(int(width), int(height), "pixel", int(patch)))
+        except ValueError as error:
+            raise click.BadParameter(f"{value!r}: expected WxH:PATCH such as 32x32:7 ({error})") from error
+    return tuple(parsed)
+
+
 @vpr.command("calibrate")
 @click.option("--dataset", default="nordland_trimmed", show_default=True)
 @click.option("--reference")
@@ -142,20 +157,24 @@ def build_map_command(dataset, reference, query, ground_truth, tolerance, split,
 @click.option("--tolerance", type=click.IntRange(min=0))
 @click.option("--data-root", type=click.Path(file_okay=False))
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), help="Starting ensemble configuration.")
+@click.option("--input", "inputs", multiple=True, callback=_parse_inputs, metavar="WxH:PATCH",
+              help="Candidate input, repeatable: image size and 7x7-style per-pixel patch size, e.g. 32x32:7 "
+                   "(default: the starting configuration's input only).")
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="JSON file for the calibrated configuration.")
-def calibrate_command(dataset, reference, query, tolerance, data_root, config_file, out):
-    """Choose epochs, hyperactive threshold and readout on the CALIBRATION split (never the test split)."""
+def calibrate_command(dataset, reference, query, tolerance, data_root, config_file, inputs, out):
+    """Choose input, epochs, hyperactive threshold and readout on the CALIBRATION split (never the test split)."""
     from vpr.methods.snn import SNNMethodConfig
     from vpr.preprocess import preprocess
-    from vpr.snn.calibration import calibrate, calibrate_combination
+    from vpr.snn.calibration import calibrate_combination, calibrate_inputs
     from vpr.snn.encoding import image_rates
 
     def run():
         data = load_registered(dataset, reference, query, data_root=data_root, split="calibration", tolerance=tolerance)
         base = SNNMethodConfig.from_file(config_file) if config_file else SNNMethodConfig()
         network = base.ensemble.network
-        rates = [image_rates(preprocess(traverse, network.preprocess)) for traverse in (data.reference, data.query)]
-        chosen, rows = calibrate(*rates, data.ground_truth, network, device=base.device)
+        images = [list(traverse) for traverse in (data.reference, data.query)]
+        chosen, rows = calibrate_inputs(*images, data.ground_truth, network, inputs or (network.preprocess,), device=base.device)
+        rates = [image_rates(preprocess(traverse, chosen.preprocess)) for traverse in images]
         ensemble, combination_rows = calibrate_combination(
             *rates, data.ground_truth, dataclasses.replace(base.ensemble, network=chosen), device=base.device
         )
@@ -165,7 +184,7 @@ def calibrate_command(dataset, reference, query, tolerance, data_root, config_fi
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(record, indent=2) + "\n")
         best = max(rows, key=lambda row: row["recall_at_1"])
-        click.echo(f"calibration R@1 {best['recall_at_1']:.3f} with epochs={chosen.epochs}, "
+        click.echo(f"calibration R@1 {best['recall_at_1']:.3f} with input {best['input']}, epochs={chosen.epochs}, "
                    f"hyperactive_threshold={chosen.hyperactive_threshold}, assignment={chosen.assignment}, "
                    f"query_thresholds={chosen.query_thresholds}, combination={ensemble.combination}; written to {out}")
 
