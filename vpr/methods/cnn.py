@@ -1,0 +1,105 @@
+"""Conventional CNN baselines on an ImageNet MobileNetV2 trunk: NetVLAD (``netvlad``) and GeM (``gem``).
+
+With ``model_dir`` the method uses a model built by ``spikebot vpr train-netvlad`` / ``train-gem`` (off-the-shelf or
+fine-tuned, as the artefact records). Without it, the method builds the off-the-shelf model itself from the
+reference images it maps: NetVLAD's k-means centres (and PCA whitening, if configured) are fit on those
+references, which uses no labels and no query; GeM needs no fitting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from vpr.cnn.model import Head, ModelError, PlaceNet, PlaceNetConfig, load_model
+from vpr.methods.base import PlaceMethod, register_method
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass(frozen=True)
+class CNNMethodConfig:
+    """``model`` is used only when ``model_dir`` is None (the artefact carries its own configuration)."""
+
+    model: PlaceNetConfig = field(default_factory=lambda: PlaceNetConfig.default("netvlad"))
+    model_dir: str | None = None
+    batch_size: int = 64
+    seed: int = 0
+    device: str = field(default_factory=default_device)
+
+
+@dataclass(frozen=True)
+class GeMMethodConfig(CNNMethodConfig):
+    model: PlaceNetConfig = field(default_factory=lambda: PlaceNetConfig.default("gem"))
+
+
+def _cosine_distances(queries: np.ndarray, references: np.ndarray) -> np.ndarray:
+    """1 - cosine similarity of unit-norm descriptors (the shared faiss ReferenceIndex can take this over)."""
+    return (1.0 - queries @ references.T).astype(np.float32)
+
+
+class CNNMethod(PlaceMethod):
+    """A :class:`PlaceNet` with the head ``head``: references and queries described, ranked by cosine distance."""
+
+    head: ClassVar[Head]
+
+    def build_map(self, reference_images: Iterable[np.ndarray]) -> None:
+        config = self.config
+        if config.model_dir is not None:
+            artefact = load_model(config.model_dir, config.device, head=self.head)
+            self.model, self.variant, self.training = artefact.model, artefact.variant, artefact.training
+        else:
+            if config.model.head != self.head:
+                raise ModelError(f"method {self.name} needs a {self.head} model; the configuration has a {config.model.head} head")
+            torch.manual_seed(config.seed)
+            self.model, self.variant, self.training = PlaceNet(config.model).to(config.device), "off-the-shelf", None
+            if self.head == "netvlad" or config.model.whitening_dim:  # fit on the references themselves
+                features = self.model.feature_maps(reference_images, config.batch_size)
+                self.model.initialise(features, config.seed)
+                self.model.fit_whitening(features, config.batch_size)
+                self.reference = self.model.pool_maps(features, config.batch_size).numpy()
+                return
+        self.reference = self.model.describe_images(reference_images, config.batch_size)
+
+    def distances(self, query_images: Iterable[np.ndarray]) -> np.ndarray:
+        return _cosine_distances(self.model.describe_images(query_images, self.config.batch_size), self.reference)
+
+    def describe(self) -> dict[str, Any]:
+        model: PlaceNet | None = getattr(self, "model", None)
+        config = dataclasses.asdict(self.config)
+        if model is not None:
+            config["model"] = model.config.to_dict()  # what was used, e.g. the artefact's own configuration
+        variant = getattr(self, "variant", "off-the-shelf" if self.config.model_dir is None else None)
+        described: dict[str, Any] = {"name": self.name, "variant": variant, "config": config}
+        if self.config.model_dir is None:
+            fitted = [name for name, used in (("k-means", self.head == "netvlad"), ("PCA", self.config.model.whitening_dim))
+                      if used]
+            described["fitted_on_mapped_references"] = fitted  # what the off-the-shelf model learnt from the map
+        elif getattr(self, "training", None) is not None:
+            described["training"] = self.training  # how the artefact was built: split, seed, epochs, losses
+        return described
+
+
+@register_method
+class NetVLADMethod(CNNMethod):
+    """NetVLAD descriptors (K = 64 on MobileNetV2's 96-channel blocks, 6144-D), ranked by cosine distance."""
+
+    name = "netvlad"
+    config_type = CNNMethodConfig
+    head: ClassVar[Head] = "netvlad"
+
+
+@register_method
+class GeMMethod(CNNMethod):
+    """GeM-pooled (p = 3, learnable when fine-tuned) MobileNetV2 features, ranked by cosine distance."""
+
+    name = "gem"
+    config_type = GeMMethodConfig
+    head: ClassVar[Head] = "gem"
