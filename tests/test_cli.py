@@ -88,6 +88,13 @@ def test_benchmark_computes_each_distance_matrix_once(tmp_path):
     assert "| demo |" in (tmp_path / "benchmark.md").read_text()
 
 
+def test_model_and_variant_options_refuse_methods_without_a_model(tmp_path):
+    result = CliRunner().invoke(main, ["vpr", "eval", "--method", "sad", "--model", str(tmp_path)])
+    assert result.exit_code != 0 and "--model applies to" in result.output and "densevlad" in result.output
+    result = CliRunner().invoke(main, ["vpr", "benchmark", "--variant", "nosuch=somewhere"])
+    assert result.exit_code != 0 and "expected METHOD=DIR" in result.output
+
+
 def test_datasets_lists_the_registry():
     result = run("vpr", "datasets")
     assert "nordland_trimmed" in result.output and "CC BY 3.0" in result.output

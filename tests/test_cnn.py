@@ -254,6 +254,23 @@ def test_train_netvlad_command_writes_an_off_the_shelf_artefact(tmp_path, imagen
     assert manifest["config"]["trunk"] == {"cut": 14, "width": 64, "height": 32, "pretrained": True}
 
 
+def test_eval_and_benchmark_use_a_trained_model_labelled_with_its_variant(tmp_path, imagenet_weights):
+    from spikebot.cli import main
+
+    model = tmp_path / "model"
+    trained = CliRunner().invoke(train_netvlad, ["--dataset", "demo", "--reference", "day", "--query", "overcast",
+                                                 "--image-size", "64x32", "--clusters", "8", "--epochs", "0", "--out", str(model)])
+    assert trained.exit_code == 0, trained.output
+    result = CliRunner().invoke(main, ["vpr", "benchmark", "--protocol", "demo:day:overcast:test", "--method", "sad",
+                                       "--variant", f"netvlad={model}", "--seq-len", "1", "--out", str(tmp_path / "bench")])
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "bench" / "benchmark.json").read_text())
+    assert [row["method"] for row in rows] == ["sad", "netvlad, off-the-shelf"]
+    assert rows[1]["config"]["method"]["training"]["split"]["split"] == "calibration"
+    assert all(row["map_bytes"] > 0 for row in rows)
+    assert (tmp_path / "bench" / "demo-day-overcast-test" / "pr_curves-L1.png").stat().st_size > 0
+
+
 def test_train_commands_report_bad_settings_without_a_traceback(tmp_path):
     result = CliRunner().invoke(train_gem, ["--dataset", "demo", "--whitening-dim", "5000", "--out", str(tmp_path)])
     assert result.exit_code == 1 and "whitening_dim must be in 1..1280" in result.output

@@ -136,6 +136,20 @@ def test_training_learns_each_module_its_places():
     assert (network.compile(None, "standard").scores(noisy).argmax(dim=1) == torch.arange(20)).float().mean() >= 0.8
 
 
+def test_bfloat16_readout_reads_half_the_bytes_and_scores_alike():
+    rates = place_images()
+    network = ModularNetwork.train(rates, SMALL)
+    exact = network.compile(None, "standard")
+    network.config = replace(SMALL, readout_precision="bfloat16")
+    halved = network.compile(None, "standard")
+    assert halved.scaled_weights.dtype == torch.bfloat16 and halved.scaled_weights.nbytes * 2 == exact.scaled_weights.nbytes
+    noisy = (rates + 0.3 * torch.rand(rates.shape, generator=torch.Generator().manual_seed(5))).clamp(0, 1)
+    exact_scores, halved_scores = exact.scores(noisy), halved.scores(noisy)
+    assert halved_scores.dtype == torch.float32
+    assert torch.allclose(halved_scores, exact_scores, rtol=0.02, atol=0.02 * float(exact_scores.abs().max()))
+    assert (halved_scores.argmax(dim=1) == exact_scores.argmax(dim=1)).float().mean() >= 0.9
+
+
 def test_training_is_deterministic_in_its_seed():
     rates = place_images()
     first, second = ModularNetwork.train(rates, SMALL), ModularNetwork.train(rates, SMALL)
@@ -181,7 +195,8 @@ def test_map_round_trip_and_refusals(tmp_path):
         SpikingMap.load(tmp_path / "nowhere")
 
 
-@pytest.mark.parametrize("kwargs", [{"encoding": "spikes"}, {"n_neurons": 0}, {"max_rate_per_ms": 2.0}, {"query_readout": "x"}])
+@pytest.mark.parametrize("kwargs", [{"encoding": "spikes"}, {"n_neurons": 0}, {"max_rate_per_ms": 2.0}, {"query_readout": "x"},
+                                    {"readout_precision": "float16"}])
 def test_invalid_network_configs(kwargs):
     with pytest.raises(ValueError):
         NetworkConfig(**kwargs)
@@ -189,7 +204,7 @@ def test_invalid_network_configs(kwargs):
 
 def test_places_without_neurons_score_the_query_mean():
     config = NetworkConfig(query_thresholds="base")
-    readout = CompiledReadout(config, torch.tensor([[2.0, 4.0]]), torch.ones(2), torch.zeros(2, dtype=torch.long),
+    readout = CompiledReadout(config, torch.tensor([[2.0], [4.0]]), torch.ones(2), torch.zeros(2, dtype=torch.long),
                               torch.tensor([0, 2]), torch.ones(2), n_members=1, n_places=3)
     spiking_map = SpikingMap(EnsembleConfig(network=config, seeds=(0,)), [], "x")
     scores = spiking_map.scores(torch.tensor([[1.0]]), readout)

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import click
 
+from vpr.cnn_cli import train_gem, train_netvlad
 from vpr.datasets import load_folder_dataset, load_registered, load_registry
 from vpr.errors import SpikebotError
 from vpr.evaluate import compute_distances, query_distances, score_run
 from vpr.methods import METHODS, PlaceMethod, SNNEnsembleMethod, create_method
-from vpr.report import markdown_table, text_table, write_result
+from vpr.report import markdown_table, plot_pr_curves, text_table, write_result
 from vpr.sequence import SequenceConfig
 
 SPIKING_METHODS = ("snn-ensemble", "snn-modular")
@@ -40,8 +41,15 @@ def _load_dataset(dataset, reference, query, ground_truth, tolerance, split, dat
     )
 
 
-def _make_method(name: str, config_file: str | None, map_dir: str | None, checkpoint_dir: str | None = None) -> PlaceMethod:
-    """The method ``name``; spiking methods take an ensemble configuration file, a built map, a checkpoint folder."""
+def _make_method(name: str, config_file: str | None, map_dir: str | None, checkpoint_dir: str | None = None,
+                 model_dir: str | None = None) -> PlaceMethod:
+    """The method ``name``; spiking methods take an ensemble configuration file, a built map, a checkpoint folder;
+    descriptor methods a trained model (NetVLAD, GeM) or vocabulary (DenseVLAD)."""
+    model_field = METHODS[name].model_field
+    if model_dir is not None:
+        if model_field is None:
+            raise click.UsageError(f"--model applies to {', '.join(n for n, m in sorted(METHODS.items()) if m.model_field)}, not {name}")
+        return create_method(name, dataclasses.replace(METHODS[name].config_type(), **{model_field: model_dir}))
     if name not in SPIKING_METHODS:
         if config_file or map_dir:
             raise click.UsageError(f"--config and --map apply to {' and '.join(SPIKING_METHODS)}, not {name}")
@@ -78,6 +86,8 @@ method_options = [
     click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
                  help="Spiking methods: ensemble configuration JSON (e.g. from `spikebot vpr calibrate`)."),
     click.option("--map", "map_dir", type=click.Path(file_okay=False), help="Spiking methods: a map built by `spikebot vpr build-map`."),
+    click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False),
+                 help="netvlad/gem: a model from `spikebot vpr train-netvlad`/`train-gem`; densevlad: a trained vocabulary."),
 ]
 
 
@@ -96,12 +106,13 @@ def with_options(options):
 @click.option("--seq-len", type=click.IntRange(min=1), default=1, show_default=True, help="Sequence length L (1 = single frame).")
 @click.option("--seq-mode", type=click.Choice(["diagonal", "seqslam"]), default="diagonal", show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), default="runs/eval", show_default=True, help="Where results go.")
-def eval_command(dataset, reference, query, ground_truth, tolerance, split, data_root, method, config_file, map_dir, seq_len, seq_mode, out):
+def eval_command(dataset, reference, query, ground_truth, tolerance, split, data_root, method, config_file, map_dir, model_dir,
+                 seq_len, seq_mode, out):
     """Evaluate METHOD on a dataset: prints a table, writes results.json/.md and plots to OUT."""
 
     def run():
         data = _load_dataset(dataset, reference, query, ground_truth, tolerance, split, data_root)
-        place_method = _make_method(method, config_file, map_dir)
+        place_method = _make_method(method, config_file, map_dir, model_dir=model_dir)
         result = score_run(compute_distances(data, place_method), SequenceConfig(length=seq_len, mode=seq_mode))
         summary = write_result(result, out)
         click.echo(text_table([summary]))
@@ -210,22 +221,34 @@ DEFAULT_PROTOCOLS = (
               help="DATASET:REFERENCE:QUERY[:SPLIT], repeatable.")
 @click.option("--method", "methods", multiple=True, type=click.Choice(sorted(METHODS)), default=("sad",), show_default=True)
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), help="Spiking methods' ensemble configuration.")
+@click.option("--variant", "variants", multiple=True, metavar="METHOD=DIR",
+              help="Also run METHOD with the trained model or vocabulary in DIR (e.g. netvlad=runs/netvlad-fine-tuned), repeatable.")
 @click.option("--ablation", is_flag=True, help="Spiking ensembles: also read out the ablation rows from the same trained members.")
 @click.option("--seq-len", "seq_lens", multiple=True, type=click.IntRange(min=1), default=(1, 5, 10), show_default=True)
 @click.option("--seq-mode", type=click.Choice(["diagonal", "seqslam"]), default="diagonal", show_default=True)
 @click.option("--tolerance", type=click.IntRange(min=0), help="Override every dataset's default tolerance.")
 @click.option("--data-root", type=click.Path(file_okay=False))
 @click.option("--out", type=click.Path(file_okay=False), default="runs/benchmark", show_default=True)
-def benchmark_command(protocols, methods, config_file, ablation, seq_lens, seq_mode, tolerance, data_root, out):
-    """Every METHOD on every PROTOCOL at every sequence length: one distance matrix each, one row per L."""
+def benchmark_command(protocols, methods, variants, config_file, ablation, seq_lens, seq_mode, tolerance, data_root, out):
+    """Every METHOD (and VARIANT) on every PROTOCOL at every sequence length: one distance matrix each, one row per L."""
+    entries = [(name, None) for name in methods]
+    for variant in variants:
+        name, _, model_dir = variant.partition("=")
+        if name not in METHODS or not model_dir:
+            raise click.BadParameter(f"{variant!r}: expected METHOD=DIR with METHOD one of {', '.join(sorted(METHODS))}",
+                                     param_hint="--variant")
+        entries.append((name, model_dir))
 
     def run():
         summaries = []
         for protocol in protocols:
             name, reference, query, split = _parse_protocol(protocol)
             data = load_registered(name, reference, query, data_root=data_root, split=split, tolerance=tolerance)
-            for method_name in methods:
-                method = _make_method(method_name, config_file if method_name in SPIKING_METHODS else None, None)
+            protocol_dir = Path(out) / f"{name}-{reference}-{query}-{split}"
+            by_length: dict[int, list] = {length: [] for length in seq_lens}
+            for method_name, model_dir in entries:
+                method = _make_method(method_name, config_file if method_name in SPIKING_METHODS else None, None,
+                                      model_dir=model_dir)
                 runs = [compute_distances(data, method)]
                 if ablation and isinstance(method, SNNEnsembleMethod):
                     runs = [query_distances(data, variant, sum(variant.map.member_seconds)) for variant in method.ablations()]
@@ -233,15 +256,21 @@ def benchmark_command(protocols, methods, config_file, ablation, seq_lens, seq_m
                     for length in seq_lens:
                         result = score_run(map_run, SequenceConfig(length=length, mode=seq_mode))
                         label = map_run.method.name.replace(" ", "").replace(",", "-")
-                        row_dir = Path(out) / f"{name}-{reference}-{query}-{split}" / label / f"L{length}"
-                        summaries.append(write_result(result, row_dir))
+                        summaries.append(write_result(result, protocol_dir / label / f"L{length}"))
+                        by_length[length].append((map_run.method.name, result.metrics))
                         click.echo(text_table(summaries[-1:]).splitlines()[-1])
+            for length, curves in by_length.items():
+                plot_pr_curves(curves, f"{name}: {reference} -> {query} ({split}), L={length}", protocol_dir / f"pr_curves-L{length}.png")
         Path(out).mkdir(parents=True, exist_ok=True)
         (Path(out) / "benchmark.json").write_text(json.dumps(summaries, indent=2) + "\n")
         (Path(out) / "benchmark.md").write_text(markdown_table(summaries))
         click.echo("\n" + markdown_table(summaries))
 
     _run_guarded(run)
+
+
+vpr.add_command(train_netvlad)
+vpr.add_command(train_gem)
 
 
 @vpr.command("datasets")

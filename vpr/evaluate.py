@@ -48,6 +48,7 @@ class EvaluationResult:
             "dataset": dataset.name,
             **self.metrics.summary(),
             "n_reference": len(dataset.reference),
+            "map_bytes": run.method.map_bytes(),
             "n_query": n_query,
             "config": {
                 "method": run.method.describe(),

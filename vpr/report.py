@@ -14,14 +14,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from vpr.evaluate import EvaluationResult  # noqa: E402
+from vpr.metrics import Metrics  # noqa: E402
 
-TABLE_COLUMNS = ("dataset", "reference -> query", "split", "tol", "method", "seq L", "R@1", "R@5", "R@10", "PR AUC", "R@100P", "q/s")
+TABLE_COLUMNS = ("dataset", "reference -> query", "split", "tol", "method", "seq L", "R@1", "R@5", "R@10", "PR AUC", "R@100P", "ms/query", "map MiB")
 
 
 def table_row(result: dict[str, Any]) -> list[str]:
     dataset = result["config"]["dataset"]
     recall = result["recall"]
     qps = result["timings"]["queries_per_second"]
+    map_bytes = result.get("map_bytes")
     return [
         result["dataset"],
         f"{dataset.get('reference', dataset.get('reference_dir', '?'))} -> {dataset.get('query', dataset.get('query_dir', '?'))}",
@@ -32,7 +34,8 @@ def table_row(result: dict[str, Any]) -> list[str]:
         *(f"{recall.get(n, float('nan')):.3f}" for n in ("1", "5", "10")),
         f"{result['auc_pr']:.3f}",
         f"{result['recall_at_100p']:.3f}",
-        f"{qps:.1f}" if qps else "-",
+        f"{1000 / qps:.2f}" if qps else "-",
+        f"{map_bytes / 2**20:.1f}" if map_bytes else "-",
     ]
 
 
@@ -55,6 +58,19 @@ def plot_pr_curve(result: EvaluationResult, path: Path) -> None:
     ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02),
            title=f"{result.run.method.name}, L={result.sequence.length}: AUC {result.metrics.auc_pr:.3f}")
     ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_pr_curves(curves: Sequence[tuple[str, Metrics]], title: str, path: Path) -> None:
+    """Several methods' precision-recall curves (label, metrics) on one protocol, in one figure."""
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for label, metrics in curves:
+        ax.step(metrics.curve.recall, metrics.curve.precision, where="post", label=f"{label} (AUC {metrics.auc_pr:.3f})")
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

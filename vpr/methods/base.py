@@ -21,6 +21,8 @@ class PlaceMethod(ABC):
 
     name: ClassVar[str]
     config_type: ClassVar[type]
+    model_field: ClassVar[str | None] = None
+    """The config field a trained artefact (``--model DIR`` on the command line) goes into, if the method has one."""
 
     def __init__(self, config: Any | None = None):
         self.config = config if config is not None else self.config_type()
@@ -32,6 +34,10 @@ class PlaceMethod(ABC):
     @abstractmethod
     def distances(self, query_images: Iterable[np.ndarray]) -> np.ndarray:
         """Distances from each query image to every reference place of the map."""
+
+    def map_bytes(self) -> int:
+        """Memory the built map holds for queries (what a service keeps per map)."""
+        return 0
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "config": dataclasses.asdict(self.config)}

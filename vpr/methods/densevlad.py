@@ -229,6 +229,7 @@ class DenseVLADMethod(PlaceMethod):
     """
 
     name = "densevlad"
+    model_field = "vocabulary_dir"
     config_type = DenseVLADConfig
 
     def build_map(self, reference_images: Iterable[np.ndarray]) -> None:
@@ -247,6 +248,9 @@ class DenseVLADMethod(PlaceMethod):
 
     def distances(self, query_images: Iterable[np.ndarray]) -> np.ndarray:
         return self.index.distance_matrix(self.vocabulary.describe_images(query_images))
+
+    def map_bytes(self) -> int:
+        return self.index.memory_bytes
 
     def describe(self) -> dict[str, Any]:
         described = super().describe()

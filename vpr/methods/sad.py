@@ -29,6 +29,9 @@ class SADMethod(PlaceMethod):
     def build_map(self, reference_images: Iterable[np.ndarray]) -> None:
         self.reference = preprocess(reference_images, self.config.preprocess).reshape(-1, self._n_pixels)
 
+    def map_bytes(self) -> int:
+        return self.reference.nbytes
+
     @property
     def _n_pixels(self) -> int:
         return self.config.preprocess.width * self.config.preprocess.height

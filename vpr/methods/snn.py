@@ -85,6 +85,9 @@ class SNNEnsembleMethod(PlaceMethod):
             rates = self._rates(query_images).to(self.config.device)
             return (-self.map.scores(rates, self.readout)).cpu().numpy()
 
+    def map_bytes(self) -> int:
+        return sum(getattr(self.readout, name).nbytes for name in ("scaled_weights", "thresholds", "module", "slot", "weight"))
+
     def describe(self) -> dict[str, Any]:
         trained = getattr(self, "map", None)
         ensemble = trained.config if trained else self.config.ensemble

@@ -18,6 +18,8 @@ class NetworkConfig:
     1e-4, weights in [0, 1] with each neuron's input weights rescaled to sum to 0.1 per input). The
     potentiation rate (3e-2, D&C: 1e-2), threshold step (0.001), input gain and epochs were explored on the
     Nordland calibration split only (docs/benchmarks.md); ``spikebot vpr calibrate`` chooses the rest.
+    ``readout_precision`` is the type of the weights a query reads: a query is bound by reading them, and
+    bfloat16 halves the bytes (the drives are accumulated and turned into rates in float32).
     """
 
     n_neurons: int = 400
@@ -36,6 +38,7 @@ class NetworkConfig:
     inhibition_latency_ms: float = 1.0
     query_readout: Literal["rate", "wta_counts"] = "rate"
     query_thresholds: Literal["adaptive", "base"] = "adaptive"
+    readout_precision: Literal["float32", "bfloat16"] = "float32"
 
     tau_pre_ms: float = 20.0
     tau_post1_ms: float = 20.0
@@ -68,6 +71,8 @@ class NetworkConfig:
             raise ValueError(f"unknown query_readout {self.query_readout!r}: expected 'rate' or 'wta_counts'")
         if self.query_thresholds not in ("adaptive", "base"):
             raise ValueError(f"unknown query_thresholds {self.query_thresholds!r}: expected 'adaptive' or 'base'")
+        if self.readout_precision not in ("float32", "bfloat16"):
+            raise ValueError(f"unknown readout_precision {self.readout_precision!r}: expected 'float32' or 'bfloat16'")
         if self.region_split not in ("contiguous", "shuffled"):
             raise ValueError(f"unknown region_split {self.region_split!r}")
         if self.hyperactive_threshold is not None and self.hyperactive_threshold < 1:

@@ -95,8 +95,9 @@ class ModularNetwork:
         weight = self.ambiguity_weight.reshape(-1)[kept] if assignment == "weighted" else torch.ones(len(kept))
         thresholds = self.thresholds if self.config.query_thresholds == "adaptive" else torch.ones_like(self.thresholds)
         module = torch.div(kept, self.thresholds.shape[1], rounding_mode="floor")
+        precision = getattr(torch, self.config.readout_precision)
         return CompiledReadout(
-            self.config, self.assigned_weights[:, column[kept]] * drive_scale(self.config),
+            self.config, (self.assigned_weights[:, column[kept]] * drive_scale(self.config)).T.contiguous().to(precision),
             thresholds.reshape(-1)[kept], module, self.assigned_place.reshape(-1)[kept], weight,
             n_members=1, n_places=self.n_places,
         )
@@ -109,7 +110,7 @@ class CompiledReadout:
     place`` and their weight. A query over the whole map is then one product plus one scatter."""
 
     config: NetworkConfig
-    scaled_weights: torch.Tensor  # (inputs, kept neurons)
+    scaled_weights: torch.Tensor  # (kept neurons, inputs), neuron-major, in the readout precision
     thresholds: torch.Tensor
     module: torch.Tensor
     slot: torch.Tensor
@@ -122,7 +123,7 @@ class CompiledReadout:
         module_offsets = np.cumsum([0] + [int(r.module.max()) + 1 if len(r.module) else 0 for r in readouts])
         return cls(
             readouts[0].config,
-            torch.cat([r.scaled_weights for r in readouts], dim=1),
+            torch.cat([r.scaled_weights for r in readouts], dim=0),
             torch.cat([r.thresholds for r in readouts]),
             torch.cat([r.module + int(offset) for r, offset in zip(readouts, module_offsets)]),
             torch.cat([r.slot + index * r.n_places for index, r in enumerate(readouts)]),
@@ -141,8 +142,16 @@ class CompiledReadout:
 
     def member_scores(self, rates: torch.Tensor) -> torch.Tensor:
         """(queries, members, places) weighted mean responses of each member's neurons of each place."""
-        responses = query_responses(rates @ self.scaled_weights, self.thresholds, self.module, self.config)
+        responses = query_responses(self.drives(rates), self.thresholds, self.module, self.config)
         return place_scores(responses, self.slot, self.weight, self.n_members * self.n_places).view(len(rates), self.n_members, -1)
+
+    def drives(self, rates: torch.Tensor) -> torch.Tensor:
+        """(queries, neurons) input currents in float32. One query (a robot's frame) is a matrix-vector product,
+        which torch's CPU kernels run about twice as fast in bfloat16 as the general product of a batch."""
+        rates = rates.to(self.scaled_weights.dtype)
+        if len(rates) == 1:
+            return torch.mv(self.scaled_weights, rates[0]).unsqueeze(0).to(torch.float32)
+        return torch.nn.functional.linear(rates, self.scaled_weights).to(torch.float32)
 
     def scores(self, rates: torch.Tensor) -> torch.Tensor:
         return self.member_scores(rates).sum(dim=1)
