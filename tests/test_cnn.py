@@ -269,6 +269,16 @@ def test_eval_and_benchmark_use_a_trained_model_labelled_with_its_variant(tmp_pa
     assert rows[1]["config"]["method"]["training"]["split"]["split"] == "calibration"
     assert all(row["map_bytes"] > 0 for row in rows)
     assert (tmp_path / "bench" / "demo-day-overcast-test" / "pr_curves-L1.png").stat().st_size > 0
+    built = CliRunner().invoke(main, ["vpr", "build-map", "--method", "netvlad", "--model", str(model), "--out", str(tmp_path / "map")])
+    assert built.exit_code == 0, built.output
+    assert sorted(p.name for p in (tmp_path / "map").iterdir()) == ["describer", "index", "map.json"]
+    evaluated = [CliRunner().invoke(main, ["vpr", "eval", "--method", "netvlad", *extra, "--out", str(tmp_path / name)])
+                 for name, extra in (("a", ["--model", str(model)]), ("b", ["--map", str(tmp_path / "map")]))]
+    assert all(result.exit_code == 0 for result in evaluated), [result.output for result in evaluated]
+    first, second = (json.loads((tmp_path / name / "results.json").read_text()) for name in "ab")
+    assert first["method"] == second["method"] == "netvlad, off-the-shelf" and first["recall"] == second["recall"]
+    other = CliRunner().invoke(main, ["vpr", "eval", "--method", "netvlad", "--map", str(tmp_path / "map"), "--reference", "night"])
+    assert other.exit_code != 0 and "other reference images" in other.output
 
 
 def test_train_commands_report_bad_settings_without_a_traceback(tmp_path):

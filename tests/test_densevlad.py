@@ -8,7 +8,9 @@ import pytest
 from scipy import ndimage
 
 from vpr.datasets import load_registered
+from vpr.errors import SpikebotError
 from vpr.methods import create_method
+from vpr.methods.descriptor_map import DescriptorMapError, load_descriptor_map
 from vpr.methods.densevlad import DenseVLADConfig, Vocabulary, VocabularyError, train_vocabulary
 from vpr.vlad import (
     DenseSIFTConfig,
@@ -75,6 +77,27 @@ def test_an_image_matches_its_shifted_brightened_copy_before_other_places():
     assert distances[0, 0] == pytest.approx(0.0, abs=1e-5)
     assert (np.argmin(distances, axis=1) == np.arange(4)).all()
     assert method.describe()["vocabulary"]["source"] == "the map's reference images"
+
+
+def test_a_saved_map_loads_without_describing_the_references_again(tmp_path):
+    from dataclasses import replace
+
+    references = [view(scene(seed)) for seed in range(4)]
+    queries = [view(scene(1), dx=2, dy=1), view(scene(3), dx=1)]
+    built = create_method("densevlad", SMALL)
+    built.build_map(iter(references))
+    built.save_map(tmp_path / "map")
+    loaded = create_method("densevlad", replace(SMALL, map_dir=str(tmp_path / "map")))
+    loaded.build_map(iter(references))
+    np.testing.assert_array_equal(loaded.distances(queries), built.distances(queries))
+    with pytest.raises(DescriptorMapError, match="other reference images"):
+        create_method("densevlad", replace(SMALL, map_dir=str(tmp_path / "map"))).build_map(references[::-1])
+    with pytest.raises(DescriptorMapError, match="built by method 'densevlad', not 'netvlad'"):
+        load_descriptor_map(tmp_path / "map", "netvlad", references)
+    index_file = tmp_path / "map" / "index" / "index.faiss"
+    index_file.write_bytes(index_file.read_bytes()[:-8] + b"corrupt!")
+    with pytest.raises(SpikebotError):
+        create_method("densevlad", replace(SMALL, map_dir=str(tmp_path / "map"))).build_map(references)
 
 
 def test_vocabulary_artefact_round_trips_and_bad_ones_are_refused(tmp_path):

@@ -55,7 +55,7 @@ def test_a_map_of_other_places_or_a_corrupt_map_is_refused(tmp_path, config_file
 
 def test_sad_takes_no_map():
     result = invoke("vpr", "eval", "--method", "sad", "--map", "somewhere")
-    assert result.exit_code != 0 and "--config and --map apply to" in result.output
+    assert result.exit_code != 0 and "--map applies to" in result.output
 
 
 def test_calibrate_uses_only_the_calibration_split(tmp_path, config_file):

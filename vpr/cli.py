@@ -45,15 +45,20 @@ def _make_method(name: str, config_file: str | None, map_dir: str | None, checkp
                  model_dir: str | None = None) -> PlaceMethod:
     """The method ``name``; spiking methods take an ensemble configuration file, a built map, a checkpoint folder;
     descriptor methods a trained model (NetVLAD, GeM) or vocabulary (DenseVLAD)."""
-    model_field = METHODS[name].model_field
-    if model_dir is not None:
-        if model_field is None:
-            raise click.UsageError(f"--model applies to {', '.join(n for n, m in sorted(METHODS.items()) if m.model_field)}, not {name}")
-        return create_method(name, dataclasses.replace(METHODS[name].config_type(), **{model_field: model_dir}))
+    method_type = METHODS[name]
+    if map_dir is not None and not method_type.saves_maps:
+        raise click.UsageError(f"--map applies to {', '.join(n for n, m in sorted(METHODS.items()) if m.saves_maps)}, not {name}")
     if name not in SPIKING_METHODS:
-        if config_file or map_dir:
-            raise click.UsageError(f"--config and --map apply to {' and '.join(SPIKING_METHODS)}, not {name}")
-        return create_method(name)
+        if config_file:
+            raise click.UsageError(f"--config applies to {' and '.join(SPIKING_METHODS)}, not {name}")
+        changes = {"map_dir": map_dir} if map_dir is not None else {}
+        if model_dir is not None:
+            if method_type.model_field is None:
+                raise click.UsageError(f"--model applies to {', '.join(n for n, m in sorted(METHODS.items()) if m.model_field)}, not {name}")
+            changes[method_type.model_field] = model_dir
+        return create_method(name, dataclasses.replace(method_type.config_type(), **changes))
+    if model_dir is not None:
+        raise click.UsageError(f"--model does not apply to {name}; spiking methods take --config and --map")
     config_type = METHODS[name].config_type
     config = config_type.from_file(config_file) if config_file else config_type()
     return create_method(name, dataclasses.replace(config, map_dir=map_dir, checkpoint_dir=checkpoint_dir))
@@ -123,25 +128,31 @@ def eval_command(dataset, reference, query, ground_truth, tolerance, split, data
 
 @vpr.command("build-map")
 @with_options(dataset_options)
-@click.option("--method", type=click.Choice(SPIKING_METHODS), default="snn-ensemble", show_default=True)
-@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), help="Ensemble configuration JSON.")
+@click.option("--method", type=click.Choice(sorted(name for name, m in METHODS.items() if m.saves_maps)), default="snn-ensemble", show_default=True)
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), help="Spiking methods: ensemble configuration JSON.")
+@click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False),
+              help="netvlad/gem: a model from train-netvlad/train-gem; densevlad: a trained vocabulary.")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Folder for the map artefact.")
-def build_map_command(dataset, reference, query, ground_truth, tolerance, split, data_root, method, config_file, out):
-    """Train a spiking map on the reference traverse and save it (map.json + arrays.npz) to OUT.
+def build_map_command(dataset, reference, query, ground_truth, tolerance, split, data_root, method, config_file, model_dir, out):
+    """Build a map of the reference traverse and save it to OUT; `eval --map OUT` then loads it.
 
-    Finished members are kept in OUT/checkpoints until the map is saved: run the same command again after an
-    interrupt and it resumes."""
+    Spiking maps: finished members are kept in OUT/checkpoints until the map is saved, so running the same command
+    again after an interrupt resumes. Descriptor maps: the model or vocabulary and the faiss index of the
+    reference descriptors."""
 
     def run():
         data = _load_dataset(dataset, reference, query, ground_truth, tolerance, split, data_root)
         checkpoints = Path(out) / "checkpoints"
-        place_method = _make_method(method, config_file, None, checkpoint_dir=str(checkpoints))
+        spiking = method in SPIKING_METHODS
+        place_method = _make_method(method, config_file, None, checkpoint_dir=str(checkpoints) if spiking else None,
+                                    model_dir=model_dir)
         place_method.build_map(data.reference)
-        place_method.map.save(out)
+        place_method.save_map(out)
         shutil.rmtree(checkpoints, ignore_errors=True)
-        stats = place_method.map.statistics()
-        click.echo(json.dumps(stats, indent=2))
-        click.echo(f"map of {len(data.reference)} places written to {Path(out).resolve()}")
+        if spiking:
+            click.echo(json.dumps(place_method.map.statistics(), indent=2))
+        click.echo(f"{place_method.name} map of {len(data.reference)} places ({place_method.map_bytes() / 2**20:.1f} MiB "
+                   f"in memory) written to {Path(out).resolve()}")
 
     _run_guarded(run)
 

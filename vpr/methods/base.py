@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -23,6 +24,8 @@ class PlaceMethod(ABC):
     config_type: ClassVar[type]
     model_field: ClassVar[str | None] = None
     """The config field a trained artefact (``--model DIR`` on the command line) goes into, if the method has one."""
+    saves_maps: ClassVar[bool] = False
+    """Whether a built map can be saved (``save_map``) and given back through the config's ``map_dir``."""
 
     def __init__(self, config: Any | None = None):
         self.config = config if config is not None else self.config_type()
@@ -34,6 +37,10 @@ class PlaceMethod(ABC):
     @abstractmethod
     def distances(self, query_images: Iterable[np.ndarray]) -> np.ndarray:
         """Distances from each query image to every reference place of the map."""
+
+    def save_map(self, folder: str | Path) -> Path:
+        """Save the built map so that ``map_dir`` loads it without building it again."""
+        raise NotImplementedError(f"{self.name} builds its map on the fly; it has no map artefact")
 
     def map_bytes(self) -> int:
         """Memory the built map holds for queries (what a service keeps per map)."""

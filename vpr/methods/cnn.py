@@ -11,14 +11,16 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from vpr.cnn.model import Head, ModelError, PlaceNet, PlaceNetConfig, load_model
+from vpr.cnn.model import Head, ModelError, PlaceNet, PlaceNetConfig, load_model, save_model
 from vpr.index import IndexConfig, ReferenceIndex
 from vpr.methods.base import PlaceMethod, register_method
+from vpr.methods.descriptor_map import FingerprintedImages, load_descriptor_map, save_descriptor_map
 
 
 def default_device() -> str:
@@ -31,6 +33,7 @@ class CNNMethodConfig:
 
     model: PlaceNetConfig = field(default_factory=lambda: PlaceNetConfig.default("netvlad"))
     model_dir: str | None = None
+    map_dir: str | None = None
     batch_size: int = 64
     index: IndexConfig = field(default_factory=IndexConfig)
     seed: int = 0
@@ -47,8 +50,17 @@ class CNNMethod(PlaceMethod):
 
     head: ClassVar[Head]
 
+    saves_maps = True
+
     def build_map(self, reference_images: Iterable[np.ndarray]) -> None:
         config = self.config
+        if config.map_dir is not None:
+            self.index, describer = load_descriptor_map(config.map_dir, type(self).name, reference_images)
+            artefact = load_model(describer, config.device, head=self.head)
+            self.model, self.variant, self.training = artefact.model, artefact.variant, artefact.training
+            self.name = f"{type(self).name}, {self.variant}"
+            return
+        reference_images = self._references = FingerprintedImages(reference_images)
         if config.model_dir is not None:
             artefact = load_model(config.model_dir, config.device, head=self.head)
             self.model, self.variant, self.training = artefact.model, artefact.variant, artefact.training
@@ -73,6 +85,10 @@ class CNNMethod(PlaceMethod):
     def distances(self, query_images: Iterable[np.ndarray]) -> np.ndarray:
         queries = self.model.describe_images(query_images, self.config.batch_size)
         return self.index.distance_matrix(np.ascontiguousarray(queries, dtype=np.float32))
+
+    def save_map(self, folder: str | Path) -> Path:
+        save_model(Path(folder) / "describer", self.model, self.variant, self.training or {"fitted_on": "the map's reference images"})
+        return save_descriptor_map(folder, type(self).name, self.index, self._references.fingerprint, {"variant": self.variant})
 
     def map_bytes(self) -> int:
         return self.index.memory_bytes

@@ -24,6 +24,7 @@ from spikebot.provenance import __version__
 from vpr.errors import SpikebotError
 from vpr.index import IndexConfig, ReferenceIndex
 from vpr.methods.base import PlaceMethod, register_method
+from vpr.methods.descriptor_map import FingerprintedImages, load_descriptor_map, save_descriptor_map
 from vpr.vlad import (
     SIFT_DIM,
     DenseSIFTConfig,
@@ -60,6 +61,7 @@ class DenseVLADConfig:
     pca_dim: int | None = None
     seed: int = 0
     vocabulary_dir: str | None = None
+    map_dir: str | None = None
     index: IndexConfig = field(default_factory=IndexConfig)
 
     def __post_init__(self) -> None:
@@ -230,10 +232,16 @@ class DenseVLADMethod(PlaceMethod):
 
     name = "densevlad"
     model_field = "vocabulary_dir"
+    saves_maps = True
     config_type = DenseVLADConfig
 
     def build_map(self, reference_images: Iterable[np.ndarray]) -> None:
         config = self.config
+        if config.map_dir is not None:
+            self.index, describer = load_descriptor_map(config.map_dir, self.name, reference_images)
+            self.vocabulary = _check_matches(Vocabulary.load(describer), config)
+            return
+        reference_images = self._references = FingerprintedImages(reference_images)
         if config.vocabulary_dir is not None:
             self.vocabulary = _check_matches(Vocabulary.load(config.vocabulary_dir), config)
             references = self.vocabulary.describe_images(reference_images)
@@ -248,6 +256,10 @@ class DenseVLADMethod(PlaceMethod):
 
     def distances(self, query_images: Iterable[np.ndarray]) -> np.ndarray:
         return self.index.distance_matrix(self.vocabulary.describe_images(query_images))
+
+    def save_map(self, folder: str | Path) -> Path:
+        self.vocabulary.save(Path(folder) / "describer")
+        return save_descriptor_map(folder, self.name, self.index, self._references.fingerprint, {"vocabulary": self.vocabulary.training})
 
     def map_bytes(self) -> int:
         return self.index.memory_bytes

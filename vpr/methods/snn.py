@@ -59,6 +59,7 @@ class SNNEnsembleMethod(PlaceMethod):
 
     name = "snn-ensemble"
     config_type = SNNMethodConfig
+    saves_maps = True
 
     def _rates(self, images: Iterable[np.ndarray]) -> torch.Tensor:
         return image_rates(preprocess(images, self.config.ensemble.network.preprocess))
@@ -84,6 +85,10 @@ class SNNEnsembleMethod(PlaceMethod):
         with torch.inference_mode():
             rates = self._rates(query_images).to(self.config.device)
             return (-self.map.scores(rates, self.readout)).cpu().numpy()
+
+    def save_map(self, folder: str | Path) -> Path:
+        self.map.save(folder)
+        return Path(folder)
 
     def map_bytes(self) -> int:
         return sum(getattr(self.readout, name).nbytes for name in ("scaled_weights", "thresholds", "module", "slot", "weight"))
