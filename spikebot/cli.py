@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from server.cli import serve
 from spikebot.provenance import __version__
 from vpr.cli import vpr
 
@@ -15,3 +16,4 @@ def main() -> None:
 
 
 main.add_command(vpr)
+main.add_command(serve)

@@ -1,0 +1,426 @@
+"""The localisation service: ``create_app(settings, maps=...)`` builds a FastAPI app.
+
+Routes: ``/healthz`` (process alive), ``/readyz`` (maps loaded), ``/metrics`` (Prometheus), ``/v1/maps``,
+``/v1/maps/{name}/localize`` (one JPEG/PNG image, raw or multipart field ``image``), ``/v1/sessions``.
+Maps load in a worker thread after startup, so ``/readyz`` answers 503 until they are ready. Decoding and
+describing images run in worker threads, never on the event loop; at most ``max_concurrency`` localisations run
+at once and further ones get 503 with Retry-After at once rather than queueing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Sequence
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, Protocol
+
+import anyio
+import numpy as np
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
+from PIL import Image, UnidentifiedImageError
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from starlette.datastructures import UploadFile
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from server.errors import (
+    ServiceError,
+    error_response,
+    install_error_handlers,
+    responses,
+)
+from server.maps import LoadedMap, MapStore
+from server.schemas import (
+    Localization,
+    MapInfo,
+    MapList,
+    Match,
+    ServerTiming,
+    SessionCreate,
+    SessionInfo,
+    Status,
+)
+from server.sessions import SessionLimitError, SessionStore
+from server.settings import ServiceSettings
+from vpr.sequence import SequenceConfig
+
+log = logging.getLogger(__name__)
+
+IMAGE_TYPES = {"image/jpeg", "image/png"}
+IMAGE_FORMATS = {"JPEG", "PNG"}
+
+
+class MapSource(Protocol):
+    """Anything that loads a map by name: :class:`server.maps.MapSpec`, or a test double."""
+
+    name: str
+
+    def load(self) -> LoadedMap: ...
+
+
+class Metrics:
+    """Prometheus metrics in the app's own registry (apps in one process never collide)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("spikebot_http_requests", "HTTP requests", ["route", "method", "status"],
+                                registry=self.registry)
+        self.latency = Histogram("spikebot_http_request_seconds", "HTTP request latency", ["route", "method"],
+                                 registry=self.registry)
+        self.stages = Histogram("spikebot_localize_stage_seconds", "Localisation latency by stage", ["stage"],
+                                buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+                                registry=self.registry)
+        self.sessions = Gauge("spikebot_active_sessions", "Open localisation sessions", registry=self.registry)
+        self.rejected = Counter("spikebot_overload_rejections", "Requests refused with 503 by the concurrency limit",
+                                registry=self.registry)
+
+
+class BodyLimitMiddleware:
+    """413 ``body_too_large`` for bodies over ``limit`` bytes: by Content-Length at once, or while streaming."""
+
+    def __init__(self, app: ASGIApp, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        for key, value in scope.get("headers", []):
+            if key == b"content-length":
+                try:
+                    too_big = int(value) > self.limit
+                except ValueError:
+                    too_big = False
+                if too_big:
+                    return await self._reject(scope, receive, send)
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise ServiceError(413, "body_too_large", f"request body exceeds {self.limit} bytes")
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = error_response(413, "body_too_large", f"request body exceeds {self.limit} bytes",
+                                  {"Connection": "close"})
+        await response(scope, receive, send)
+
+
+class MetricsMiddleware:
+    """Counts requests and times them per route template (``/v1/maps/{name}/localize``, not the filled path)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        status = 500
+        start = time.perf_counter()
+
+        async def recording_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, recording_send)
+        finally:
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            self.metrics.requests.labels(route, scope["method"], str(status)).inc()
+            self.metrics.latency.labels(route, scope["method"]).observe(time.perf_counter() - start)
+
+
+class ServiceState:
+    """What the app holds: settings, loaded maps, sessions, metrics and the concurrency slots."""
+
+    def __init__(self, settings: ServiceSettings, sources: Sequence[MapSource]):
+        self.settings = settings
+        self.sources = list(sources)
+        self.maps: dict[str, LoadedMap] = {}
+        self.ready = False
+        self.load_error: str | None = None
+        self.sessions = SessionStore(settings.session_idle_seconds, settings.max_sessions)
+        self.metrics = Metrics()
+        self.slots = threading.BoundedSemaphore(settings.max_concurrency)
+
+    def load_maps(self) -> None:
+        try:
+            for source in self.sources:
+                started = time.perf_counter()
+                loaded = source.load()
+                self.maps[loaded.name] = loaded
+                log.info("map %s (%s, %d places) loaded in %.1f s", loaded.name, loaded.method.name,
+                         loaded.n_places, time.perf_counter() - started)
+            self.ready = True
+        except Exception as error:  # reported by /readyz; the process stays up for diagnosis
+            log.exception("loading maps failed")
+            self.load_error = f"{type(error).__name__}: {error}"
+
+    def map(self, name: str) -> LoadedMap:
+        if not self.ready:
+            raise ServiceError(503, "not_ready", "maps are still loading", {"Retry-After": "1"})
+        if name not in self.maps:
+            raise ServiceError(404, "unknown_map", f"no map {name!r}; maps: {', '.join(sorted(self.maps))}")
+        return self.maps[name]
+
+
+def get_state(request: Request) -> ServiceState:
+    return request.app.state.service
+
+
+StateDep = Annotated[ServiceState, Depends(get_state)]
+
+
+def require_api_key(state: StateDep,
+                    x_api_key: str | None = Header(None, description="Required when the service has API keys.")) -> None:
+    keys = state.settings.api_keys
+    if not keys:
+        return
+    if x_api_key is None or not any(secrets.compare_digest(x_api_key.encode(), k.encode()) for k in keys):
+        raise ServiceError(401, "unauthorized", "missing or invalid X-API-Key header")
+
+
+def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
+    """A JPEG/PNG decoded fully (truncation caught) into (H, W) or (H, W, 3) uint8; size checked before decoding."""
+    if not data:
+        raise ServiceError(422, "bad_image", "empty body: send one JPEG or PNG image")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.format not in IMAGE_FORMATS:
+                raise ServiceError(422, "bad_image", f"image is {image.format}, expected JPEG or PNG")
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ServiceError(413, "image_too_large", f"image is {width}x{height}; at most {max_pixels} pixels")
+            image.load()
+            if image.mode not in ("L", "RGB"):
+                image = image.convert("RGB")
+            return np.asarray(image)
+    except Image.DecompressionBombError as error:
+        raise ServiceError(413, "image_too_large", str(error)) from error
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise ServiceError(422, "bad_image", f"cannot decode image: {error}") from error
+
+
+def confidence(row: np.ndarray, best: int) -> float:
+    """(second-best - best) / (mean - best), clipped to [0, 1]; 0 for a one-place map or a flat row."""
+    if row.size < 2:
+        return 0.0
+    second = float(np.partition(row, 1)[1])
+    spread = float(row.mean()) - float(row[best])
+    if spread <= 0:
+        return 0.0
+    return float(np.clip((second - float(row[best])) / spread, 0.0, 1.0))
+
+
+async def read_image_body(request: Request, max_body_bytes: int) -> bytes:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type in IMAGE_TYPES:
+        return await request.body()
+    if content_type == "multipart/form-data":
+        try:
+            form = await request.form(max_files=1, max_fields=10, max_part_size=max_body_bytes)
+        except ServiceError:
+            raise
+        except Exception as error:
+            raise ServiceError(400, "bad_request", f"malformed multipart body: {error}") from error
+        part = form.get("image")
+        if not isinstance(part, UploadFile):
+            raise ServiceError(422, "invalid_request", "multipart body needs a file field named 'image'")
+        part_type = (part.content_type or "").split(";")[0].strip().lower()
+        if part_type not in IMAGE_TYPES:
+            raise ServiceError(415, "unsupported_media_type", f"image part is {part_type or 'untyped'}; send image/jpeg or image/png")
+        return await part.read()
+    raise ServiceError(415, "unsupported_media_type",
+                       f"Content-Type {content_type or 'missing'}: send image/jpeg, image/png or multipart/form-data")
+
+
+def localize_image(state: ServiceState, loaded: LoadedMap, data: bytes, top_k: int, session_id: str | None) -> Localization:
+    """Runs in a worker thread: decode, describe, sequence-match, rank. Releases the concurrency slot when done."""
+    try:
+        stages = state.metrics.stages
+        t0 = time.perf_counter()
+        image = decode_image(data, state.settings.max_image_pixels)
+        t1 = time.perf_counter()
+        row = loaded.distance_row(image)
+        t2 = time.perf_counter()
+        length = 1
+        if session_id is not None:
+            session = state.sessions.get(session_id)
+            if session is None:
+                raise ServiceError(404, "unknown_session", f"no session {session_id!r} (unknown, deleted or expired)")
+            if session.map_name != loaded.name:
+                raise ServiceError(409, "session_map_mismatch",
+                                   f"session {session_id!r} localises in map {session.map_name!r}, not {loaded.name!r}")
+            row, length = session.push(row)
+        best = int(np.argmin(row))
+        k = min(top_k, row.size)
+        ranked = np.argpartition(row, k - 1)[:k] if k < row.size else np.arange(row.size)
+        ranked = ranked[np.argsort(row[ranked], kind="stable")]
+        answer = Localization(
+            place=best, score=-float(row[best]), confidence=confidence(row, best),
+            top_k=[Match(place=int(i), distance=float(row[i])) for i in ranked], sequence_length=length,
+            session_id=session_id,
+            server_timing=ServerTiming(decode_ms=0, describe_ms=0, match_ms=0, total_ms=0))
+        t3 = time.perf_counter()
+        for stage, seconds in (("decode", t1 - t0), ("describe", t2 - t1), ("match", t3 - t2)):
+            stages.labels(stage).observe(seconds)
+        answer.server_timing = ServerTiming(decode_ms=(t1 - t0) * 1e3, describe_ms=(t2 - t1) * 1e3,
+                                            match_ms=(t3 - t2) * 1e3, total_ms=(t3 - t0) * 1e3)
+        return answer
+    finally:
+        state.slots.release()
+
+
+LOCALIZE_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "One JPEG or PNG image: the raw body, or multipart/form-data with a file field `image`.",
+        "content": {
+            "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+            "image/png": {"schema": {"type": "string", "format": "binary"}},
+            "multipart/form-data": {"schema": {"type": "object", "required": ["image"],
+                                               "properties": {"image": {"type": "string", "format": "binary"}}}},
+        },
+    }
+}
+
+
+def build_router() -> APIRouter:
+    router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
+
+    @router.get("/maps", response_model=MapList, responses=responses(401, 503))
+    def list_maps(state: StateDep) -> MapList:
+        if not state.ready:
+            raise ServiceError(503, "not_ready", "maps are still loading", {"Retry-After": "1"})
+        return MapList(maps=[MapInfo(**m.info()) for _, m in sorted(state.maps.items())])
+
+    @router.post("/maps/{name}/localize", response_model=Localization, openapi_extra=LOCALIZE_BODY,
+                 responses=responses(400, 401, 404, 409, 413, 415, 422, 503, 504))
+    async def localize(
+        request: Request,
+        name: str,
+        state: StateDep,
+        top_k: int = Query(5, ge=1, description="How many best places to return (at most the service's max_top_k)."),
+        x_session_id: str | None = Header(None, description="Sequence-match within this session (POST /v1/sessions)."),
+    ) -> Localization:
+        settings = state.settings
+        if top_k > settings.max_top_k:
+            raise ServiceError(422, "invalid_request", f"top_k must be at most {settings.max_top_k}")
+        loaded = state.map(name)
+        if x_session_id is not None and state.sessions.get(x_session_id) is None:
+            raise ServiceError(404, "unknown_session", f"no session {x_session_id!r} (unknown, deleted or expired)")
+        data = await read_image_body(request, settings.max_body_bytes)
+        if not state.slots.acquire(blocking=False):
+            state.metrics.rejected.inc()
+            raise ServiceError(503, "overloaded", f"{settings.max_concurrency} localisations in flight; retry later",
+                               {"Retry-After": str(settings.retry_after_seconds)})
+        # the worker releases the slot when it finishes, even after a timeout abandons it
+        try:
+            with anyio.fail_after(settings.request_timeout_seconds):
+                return await anyio.to_thread.run_sync(localize_image, state, loaded, data, top_k, x_session_id,
+                                                      abandon_on_cancel=True)
+        except TimeoutError as error:
+            raise ServiceError(504, "timeout", f"localisation took over {settings.request_timeout_seconds} s") from error
+
+    @router.post("/sessions", response_model=SessionInfo, status_code=201, responses=responses(401, 404, 422, 503))
+    def create_session(body: SessionCreate, state: StateDep) -> SessionInfo:
+        settings = state.settings
+        name = body.map or settings.default_map or (next(iter(state.maps)) if len(state.maps) == 1 else None)
+        if name is None:
+            raise ServiceError(422, "invalid_request", "give the session a map: several maps are served")
+        state.map(name)
+        if body.sequence_length > settings.max_sequence_length:
+            raise ServiceError(422, "invalid_request", f"sequence_length must be at most {settings.max_sequence_length}")
+        try:
+            session = state.sessions.create(name, SequenceConfig(length=body.sequence_length, mode=body.mode))
+        except SessionLimitError as error:
+            raise ServiceError(503, "too_many_sessions", str(error), {"Retry-After": str(settings.retry_after_seconds)}) from error
+        state.metrics.sessions.set(len(state.sessions))
+        return SessionInfo(id=session.id, map=name, sequence_length=body.sequence_length, mode=body.mode,
+                           idle_timeout_seconds=settings.session_idle_seconds)
+
+    @router.delete("/sessions/{session_id}", status_code=204, responses=responses(401, 404))
+    def delete_session(session_id: str, state: StateDep) -> Response:
+        if not state.sessions.delete(session_id):
+            raise ServiceError(404, "unknown_session", f"no session {session_id!r} (unknown, deleted or expired)")
+        state.metrics.sessions.set(len(state.sessions))
+        return Response(status_code=204)
+
+    return router
+
+
+def create_app(settings: ServiceSettings | None = None, maps: Sequence[MapSource] = ()) -> FastAPI:
+    """The service for ``settings``, serving ``maps`` plus every map in ``settings.map_store``."""
+    settings = settings or ServiceSettings()
+    sources: list[Any] = list(maps)
+    if settings.map_store is not None:
+        store = MapStore(settings.map_store)
+        sources += [store.spec(name) for name in store.names()]
+    names = [source.name for source in sources]
+    if len(set(names)) != len(names):
+        raise ValueError(f"map names must be unique, got {names}")
+    state = ServiceState(settings, sources)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        loader = asyncio.create_task(anyio.to_thread.run_sync(state.load_maps))
+        sweeper = asyncio.create_task(_sweep_sessions(state))
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            if not loader.done():
+                loader.cancel()
+
+    app = FastAPI(title="spikebot localisation service", version="1", lifespan=lifespan,
+                  description=__doc__)
+    app.state.service = state
+    install_error_handlers(app)
+
+    @app.get("/healthz", response_model=Status, tags=["ops"])
+    def healthz() -> Status:
+        return Status(status="ok")
+
+    @app.get("/readyz", response_model=Status, tags=["ops"], responses=responses(503))
+    def readyz() -> Any:
+        if state.ready:
+            return Status(status="ready", maps=sorted(state.maps))
+        if state.load_error:
+            return error_response(503, "load_failed", state.load_error)
+        return error_response(503, "not_ready", "maps are still loading", {"Retry-After": "1"})
+
+    @app.get("/metrics", tags=["ops"], response_class=Response)
+    def metrics() -> Response:
+        state.metrics.sessions.set(len(state.sessions))
+        return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.include_router(build_router())
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=state.metrics)
+    return app
+
+
+async def _sweep_sessions(state: ServiceState) -> None:
+    interval = min(60.0, max(0.5, state.settings.session_idle_seconds / 2))
+    while True:
+        await asyncio.sleep(interval)
+        state.sessions.sweep()
+        state.metrics.sessions.set(len(state.sessions))

@@ -1,0 +1,192 @@
+"""Maps the service localises against: how a map is described, stored, and loaded into a ready PlaceMethod.
+
+A map store is a folder with one sub-folder per map::
+
+    <store>/<name>/service.json   method, method config file, reference traverse, n_places, created
+    <store>/<name>/map/           the method's saved map (``save_map``), for methods that save maps
+
+The reference traverse is recorded (registered dataset name/reference/split, or an image folder) and re-read at
+load time: saved maps verify a fingerprint of the reference images, and methods that save nothing (SAD) rebuild
+their map from them. Maps are written to a temporary folder and renamed, so a folder with ``service.json`` is
+complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vpr.data import Traverse
+from vpr.errors import SpikebotError
+from vpr.methods import METHODS, PlaceMethod, create_method
+
+SERVICE_FILE = "service.json"
+MAP_FOLDER = "map"
+FORMAT = 1
+SPIKING_METHODS = ("snn-ensemble", "snn-modular")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class MapStoreError(SpikebotError):
+    """A map folder is missing, incomplete or inconsistent."""
+
+
+def check_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise MapStoreError(f"invalid map name {name!r}: use letters, digits, '_', '-', '.' (at most 64)")
+    return name
+
+
+@dataclass(frozen=True)
+class ReferenceSource:
+    """Where a map's reference traverse comes from: a registered dataset (``demo`` needs no data) or a folder."""
+
+    dataset: str | None = "demo"
+    reference: str | None = None
+    split: str = "all"
+    data_root: str | None = None
+    folder: str | None = None
+    pattern: str = "*"
+
+    def load(self) -> Traverse:
+        from vpr.datasets import folder_traverse, load_registered
+
+        if self.folder is not None:
+            return folder_traverse(self.folder, self.pattern)
+        if self.dataset is None:
+            raise MapStoreError("a reference source needs a registered dataset or a folder")
+        return load_registered(self.dataset, self.reference, data_root=self.data_root, split=self.split).reference
+
+
+@dataclass(frozen=True)
+class MapSpec:
+    """Everything needed to load one map; ``map_dir`` is the saved map (None: build from the reference)."""
+
+    name: str
+    method: str = "sad"
+    source: ReferenceSource = field(default_factory=ReferenceSource)
+    map_dir: str | None = None
+    config_file: str | None = None
+
+    def load(self) -> LoadedMap:
+        return load_map(self)
+
+
+def make_method(name: str, config_file: str | None = None, map_dir: str | None = None) -> PlaceMethod:
+    """The method ``name`` with its config (spiking methods: a JSON file) and, if given, its saved map."""
+    if name not in METHODS:
+        raise MapStoreError(f"unknown method {name!r}; available: {', '.join(sorted(METHODS))}")
+    method_type = METHODS[name]
+    if map_dir is not None and not method_type.saves_maps:
+        raise MapStoreError(f"method {name} builds its map on the fly; it has no saved map to load")
+    if config_file is not None and name not in SPIKING_METHODS:
+        raise MapStoreError(f"a config file applies to {' and '.join(SPIKING_METHODS)}, not {name}")
+    config_type = method_type.config_type
+    config = config_type.from_file(config_file) if config_file else config_type()
+    return create_method(name, dataclasses.replace(config, map_dir=map_dir) if map_dir is not None else config)
+
+
+class LoadedMap:
+    """A built PlaceMethod ready for queries. ``distance_row`` is serialised per map (methods are not promised to
+    be thread-safe); the service's concurrency limit bounds how many requests wait here."""
+
+    def __init__(self, name: str, method: PlaceMethod, n_places: int, spec: MapSpec | None = None):
+        self.name, self.method, self.n_places, self.spec = name, method, n_places, spec
+        self._lock = threading.Lock()
+
+    def distance_row(self, image: np.ndarray) -> np.ndarray:
+        with self._lock:
+            row = np.asarray(self.method.distances([image]), dtype=np.float32)
+        if row.shape != (1, self.n_places):
+            raise RuntimeError(f"{self.method.name} gave distances of shape {row.shape}, expected (1, {self.n_places})")
+        return row[0]
+
+    def info(self) -> dict[str, Any]:
+        return {"name": self.name, "method": self.method.name, "n_places": self.n_places}
+
+
+def load_map(spec: MapSpec) -> LoadedMap:
+    check_name(spec.name)
+    reference = spec.source.load()
+    method = make_method(spec.method, spec.config_file, spec.map_dir)
+    method.build_map(reference)
+    return LoadedMap(spec.name, method, len(reference), spec)
+
+
+def demo_spec(name: str = "demo") -> MapSpec:
+    """The demo route's reference traverse with SAD: builds in about a second on two cores, needs no data."""
+    return MapSpec(name=name, method="sad", source=ReferenceSource(dataset="demo"))
+
+
+class MapStore:
+    """The maps in one folder: list them, load one, save one (atomically)."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def names(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if (p / SERVICE_FILE).is_file() and _NAME.match(p.name))
+
+    def manifest(self, name: str) -> dict[str, Any]:
+        path = self.root / check_name(name) / SERVICE_FILE
+        if not path.is_file():
+            raise MapStoreError(f"no map {name!r} in {self.root} (expected {path})")
+        try:
+            manifest = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise MapStoreError(f"cannot read {path}: {error}") from error
+        if manifest.get("format") != FORMAT:
+            raise MapStoreError(f"{path} has format {manifest.get('format')!r}; this service reads format {FORMAT}")
+        return manifest
+
+    def list(self) -> list[dict[str, Any]]:
+        """name, method, n_places and created of every complete map."""
+        return [{"name": n, **{k: self.manifest(n)[k] for k in ("method", "n_places", "created")}} for n in self.names()]
+
+    def spec(self, name: str) -> MapSpec:
+        manifest = self.manifest(name)
+        folder = self.root / name
+        map_dir = folder / MAP_FOLDER
+        return MapSpec(name=name, method=manifest["method"], source=ReferenceSource(**manifest["source"]),
+                       map_dir=str(map_dir) if map_dir.is_dir() else None, config_file=manifest.get("config_file"))
+
+    def load(self, name: str) -> LoadedMap:
+        loaded = load_map(self.spec(name))
+        expected = self.manifest(name)["n_places"]
+        if loaded.n_places != expected:
+            raise MapStoreError(f"map {name!r} was built on {expected} places; its reference now has {loaded.n_places}")
+        return loaded
+
+    def save(self, name: str, method: PlaceMethod, source: ReferenceSource, n_places: int,
+             config_file: str | None = None) -> Path:
+        """Write a built map as ``<store>/<name>``: into a temporary folder first, then renamed into place."""
+        target = self.root / check_name(name)
+        if target.exists():
+            raise MapStoreError(f"map {name!r} already exists in {self.root}")
+        self.root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=self.root))
+        try:
+            if type(method).saves_maps:
+                method.save_map(staging / MAP_FOLDER)
+            manifest = {"format": FORMAT, "method": method.name, "config_file": config_file, "n_places": n_places,
+                        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                        "source": dataclasses.asdict(source)}
+            (staging / SERVICE_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+            os.rename(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return target

@@ -1,0 +1,58 @@
+"""Service settings: typed, read from ``SPIKEBOT_*`` environment variables or given by the ``serve`` command."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LOOPBACK_NAMES = {"localhost", "ip6-localhost", "ip6-loopback"}
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only accepts connections from this machine (``0.0.0.0`` and ``::`` do not)."""
+    if host.lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class ServiceSettings(BaseSettings):
+    """Everything the localisation service is configured by; each field is also ``SPIKEBOT_<FIELD>``.
+
+    ``api_keys`` (``SPIKEBOT_API_KEYS='["k1","k2"]'``) is required whenever ``host`` is not a loopback address:
+    the service refuses to start exposed without authentication.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="SPIKEBOT_", frozen=True, extra="forbid")
+
+    map_store: Path | None = Field(None, description="Folder of maps (<store>/<name>/service.json) served at startup.")
+    default_map: str | None = Field(None, description="Map used by sessions created without a map name.")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    api_keys: list[str] = Field(default_factory=list, description="Accepted X-API-Key values; empty = no auth.")
+    max_body_bytes: int = Field(8 * 2**20, gt=0, description="Larger request bodies get 413 body_too_large.")
+    max_image_pixels: int = Field(4096 * 4096, gt=0, description="Larger images get 413 image_too_large.")
+    max_concurrency: int = Field(4, ge=1, description="Localisations in flight; more get 503 + Retry-After.")
+    retry_after_seconds: int = Field(1, ge=0)
+    max_top_k: int = Field(50, ge=1)
+    max_sessions: int = Field(1000, ge=1)
+    max_sequence_length: int = Field(100, ge=1)
+    session_idle_seconds: float = Field(300.0, gt=0, description="Sessions unused this long are forgotten.")
+    request_timeout_seconds: float = Field(10.0, gt=0, description="Longer localisations get 504 timeout.")
+    shutdown_grace_seconds: float = Field(10.0, ge=0, description="uvicorn's timeout_graceful_shutdown.")
+
+    @model_validator(mode="after")
+    def _keys_when_exposed(self) -> ServiceSettings:
+        if not is_loopback(self.host) and not self.api_keys:
+            raise ValueError(
+                f"host {self.host!r} is not a loopback address: set at least one API key "
+                "(--api-key or SPIKEBOT_API_KEYS) before exposing the service"
+            )
+        if any(not key for key in self.api_keys):
+            raise ValueError("API keys must not be empty strings")
+        return self
