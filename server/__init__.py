@@ -1,1 +1,2 @@
-"""The HTTP/WebSocket localisation service robots query (not yet implemented: see issue 5)."""
+"""The HTTP localisation service robots query: ``server.app.create_app`` and ``spikebot serve`` (WebSocket stream,
+map building over HTTP, client, container and Ray Serve are still to come: issue 5)."""
