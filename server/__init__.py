@@ -1,2 +1,2 @@
-"""The HTTP localisation service robots query: ``server.app.create_app`` and ``spikebot serve`` (WebSocket stream,
-map building over HTTP, client, container and Ray Serve are still to come: issue 5)."""
+"""The HTTP localisation service robots query: ``server.app.create_app``, ``spikebot serve`` and the Python client
+``server.client`` (WebSocket stream, map building over HTTP, container and Ray Serve are still to come: issue 5)."""
