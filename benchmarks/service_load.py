@@ -1,0 +1,410 @@
+"""Load benchmark of the localisation service on loopback: N simulated robots at R Hz each, one session per robot.
+
+    SPIKEBOT_DATA=/work/shared/datasets .venv/bin/python benchmarks/service_load.py --method sad \\
+        --dataset nordland_trimmed --reference summer --query winter --split all --robots 20 --rate-hz 10 \\
+        --duration 30 --floor
+
+Starts ``spikebot serve`` as a subprocess (or uses ``--url`` of a running one), opens one sequence-matching
+session per robot, then each robot sends a query frame (the ``--query`` traverse's files, sent as they are on
+disk) every 1/R s *open loop*: a send never waits for earlier replies. A send that starts more than
+``--late-ms`` after its slot is *late*; when a robot's loop wakes a whole period or more behind, the frames it
+slept through are *missed* (not sent), as a camera would drop them. Latency is client-side (send to parsed reply).
+
+Reports p50/p95/p99/max latency, throughput (ok replies per second of the run), errors by status/code, the
+server's RSS (``/proc/<pid>/status`` VmRSS of the server it started: before the load and the peak during it) and
+the server's own stage timings (``server_timing`` of the replies). ``--floor`` also measures, in-process, a bare
+exact inner-product search (``faiss.IndexFlatIP``) over random unit descriptors of the same number of places
+(``--floor-dim``, default 4096 like NetVLAD) paced at the same total request rate, so the report says how far
+the served method is from the floor. Prints a markdown header and table; ``--json PATH`` keeps the numbers.
+
+The client shares the machine with the server: on a small machine its own CPU use is part of the latency seen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import datetime
+import json
+import os
+import platform
+import shlex
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def rss_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def percentile(values, q: float) -> float | None:
+    return float(np.percentile(np.asarray(values, dtype=float), q)) if len(values) else None
+
+
+def fmt(value, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+# ---------------------------------------------------------------------------------------------------- server
+
+def start_server(args, port: int, log_path: Path) -> subprocess.Popen:
+    command = [str(Path(sys.executable).with_name("spikebot")), "serve", "--port", str(port), "--log-level", "warning",
+               "--name", args.map_name, "--split", args.split, "--max-concurrency", str(args.max_concurrency)]
+    if args.map:
+        command += ["--map", args.map]
+    command += ["--method", args.method, "--dataset", args.dataset]
+    if args.reference:
+        command += ["--reference", args.reference]
+    if args.config:
+        command += ["--config", args.config]
+    if args.data_root:
+        command += ["--data-root", args.data_root]
+    print(f"# server: {shlex.join(command)}  (log {log_path})", file=sys.stderr)
+    log = open(log_path, "w")  # noqa: SIM115 (the server process writes it until it ends)
+    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+
+
+def wait_ready(url: str, process: subprocess.Popen | None, timeout: float) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise SystemExit(f"server exited with {process.returncode} before it was ready (see its log)")
+        try:
+            response = httpx.get(url + "/readyz", timeout=2)
+            if response.status_code == 200:
+                return
+            if response.status_code == 503 and "load_failed" in response.text:
+                raise SystemExit(f"server failed to load its map: {response.text}")
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"server not ready after {timeout} s")
+
+
+# ---------------------------------------------------------------------------------------------------- load
+
+def query_frames(args) -> list[bytes]:
+    from vpr.datasets import load_registered
+
+    dataset = load_registered(args.dataset, args.reference, args.query, data_root=args.data_root, split=args.split)
+    return [Path(path).read_bytes() for path in dataset.query.frames]
+
+
+class Stats:
+    def __init__(self):
+        self.latencies: list[float] = []
+        self.errors: collections.Counter = collections.Counter()
+        self.timing: dict[str, list[float]] = collections.defaultdict(list)
+        self.sent = self.late = self.missed = 0
+        self.sessions: list[str] = []
+        self.first_ok = self.last_ok = None
+
+
+async def one_request(http, url: str, body: bytes, content_type: str, session_id: str, stats: Stats) -> None:
+    import httpx
+
+    t0 = time.perf_counter()
+    try:
+        response = await http.post(url, content=body, headers={"content-type": content_type, "X-Session-Id": session_id})
+        payload = response.json() if response.headers.get("content-type", "").startswith("application/json") else None
+    except httpx.TimeoutException:
+        stats.errors["timeout (client)"] += 1
+        return
+    except httpx.TransportError as error:
+        stats.errors[f"transport {type(error).__name__}"] += 1
+        return
+    elapsed = time.perf_counter() - t0
+    if response.status_code == 200 and payload is not None:
+        stats.latencies.append(elapsed * 1e3)
+        for key, value in payload.get("server_timing", {}).items():
+            stats.timing[key].append(value)
+        now = time.perf_counter()
+        stats.first_ok = stats.first_ok or now
+        stats.last_ok = now
+    else:
+        code = "?"
+        try:
+            code = payload["error"]["code"]
+        except (TypeError, KeyError):
+            pass
+        stats.errors[f"{response.status_code} {code}"] += 1
+
+
+async def robot(index: int, http, args, frames: list[bytes], start: float, stats: Stats, tasks: set) -> None:
+    period = 1.0 / args.rate_hz
+    n_ticks = round(args.duration * args.rate_hz)
+    offset = (index * len(frames)) // args.robots
+    url = f"/v1/maps/{args.map_name}/localize"
+    response = await http.post("/v1/sessions", json={"map": args.map_name, "sequence_length": args.sequence_length})
+    if response.status_code != 201:
+        stats.errors[f"session {response.status_code}"] += 1
+        return
+    session_id = response.json()["id"]
+    # robots start spread over one period, so their frames do not all arrive at once
+    t_start = start + period * index / args.robots
+    tick = 0
+    while tick < n_ticks:
+        slot = t_start + tick * period
+        delay = slot - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        behind = time.perf_counter() - slot
+        if behind >= period:  # slept through whole periods: those frames are dropped
+            skipped = min(int(behind // period), n_ticks - tick)
+            stats.missed += skipped
+            tick += skipped
+            if tick >= n_ticks:
+                break
+            slot = t_start + tick * period
+            behind = time.perf_counter() - slot
+        if behind * 1e3 > args.late_ms:
+            stats.late += 1
+        body = frames[(offset + tick) % len(frames)]
+        content_type = "image/png" if body.startswith(b"\x89PNG") else "image/jpeg"
+        task = asyncio.create_task(one_request(http, url, body, content_type, session_id, stats))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        stats.sent += 1
+        tick += 1
+    stats.sessions.append(session_id)
+
+
+async def run_load(args, url: str, frames: list[bytes]) -> tuple[Stats, float]:
+    import httpx
+
+    stats = Stats()
+    tasks: set = set()
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=args.robots * 4)
+    async with httpx.AsyncClient(base_url=url, timeout=args.timeout, limits=limits) as http:
+        start = time.perf_counter() + 1.0
+        await asyncio.gather(*(robot(i, http, args, frames, start, stats, tasks) for i in range(args.robots)))
+        if tasks:
+            await asyncio.wait(set(tasks), timeout=args.timeout + 1)
+        wall = time.perf_counter() - start
+        for session_id in stats.sessions:
+            try:
+                await http.delete(f"/v1/sessions/{session_id}")
+            except httpx.TransportError:
+                pass
+    return stats, wall
+
+
+# ---------------------------------------------------------------------------------------------------- floor
+
+def floor(n_places: int, dim: int, rate: float, duration: float, seed: int = 0) -> dict:
+    """Bare exact inner-product search (faiss.IndexFlatIP, one query per request), paced open-loop at ``rate``;
+    latency counts from each request's slot, so falling behind shows as queueing."""
+    import faiss
+
+    rng = np.random.default_rng(seed)
+    refs = rng.standard_normal((n_places, dim), dtype=np.float32)
+    refs /= np.linalg.norm(refs, axis=1, keepdims=True)
+    index = faiss.IndexFlatIP(dim)
+    index.add(refs)
+    queries = rng.standard_normal((256, dim), dtype=np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    n = round(duration * rate)
+    latencies, service = [], []
+    start = time.perf_counter()
+    for k in range(n):
+        slot = start + k / rate
+        delay = slot - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        t0 = time.perf_counter()
+        index.search(queries[k % len(queries)][None], 5)
+        t1 = time.perf_counter()
+        service.append((t1 - t0) * 1e3)
+        latencies.append((t1 - slot) * 1e3)
+    wall = time.perf_counter() - start
+    return {"n_places": n_places, "dim": dim, "rate": rate, "n": n, "wall_s": wall, "throughput": n / wall,
+            "p50": percentile(latencies, 50), "p95": percentile(latencies, 95), "p99": percentile(latencies, 99),
+            "max": max(latencies) if latencies else None, "search_p50": percentile(service, 50),
+            "faiss_threads": faiss.omp_get_max_threads()}
+
+
+# ---------------------------------------------------------------------------------------------------- main
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", help="A running service (default: start `spikebot serve` on a free loopback port).")
+    parser.add_argument("--robots", type=int, default=20)
+    parser.add_argument("--rate-hz", type=float, default=10.0)
+    parser.add_argument("--duration", type=float, default=30.0, help="Seconds of load.")
+    parser.add_argument("--method", default="sad", help="sad | snn-ensemble | netvlad | ... (as `spikebot serve`).")
+    parser.add_argument("--config", help="Ensemble config JSON (spiking methods).")
+    parser.add_argument("--map", help="A `spikebot vpr build-map` output (default: the server builds the map).")
+    parser.add_argument("--map-name", default="map", help="Name the map is served under.")
+    parser.add_argument("--dataset", default="nordland_trimmed")
+    parser.add_argument("--reference", default="summer")
+    parser.add_argument("--query", default="winter")
+    parser.add_argument("--split", default="all", choices=["all", "calibration", "test"])
+    parser.add_argument("--data-root", help="Where registered datasets live (default SPIKEBOT_DATA).")
+    parser.add_argument("--sequence-length", type=int, default=5, help="Each robot's session sequence length.")
+    parser.add_argument("--max-concurrency", type=int, default=4, help="The started server's --max-concurrency.")
+    parser.add_argument("--timeout", type=float, default=10.0, help="Client timeout per request (s).")
+    parser.add_argument("--late-ms", type=float, default=5.0, help="A send this late after its slot counts late.")
+    parser.add_argument("--ready-timeout", type=float, default=900.0, help="Seconds to wait for the server's map.")
+    parser.add_argument("--floor", action="store_true", help="Also measure the faiss IndexFlatIP floor.")
+    parser.add_argument("--floor-dim", type=int, default=4096)
+    parser.add_argument("--floor-duration", type=float, default=None, help="Default: --duration.")
+    parser.add_argument("--p99-budget-ms", type=float, default=50.0, help="Flag runs whose p99 exceeds this.")
+    parser.add_argument("--json", help="Write the numbers here too.")
+    args = parser.parse_args(argv)
+    if args.robots < 1 or args.rate_hz <= 0 or args.duration <= 0:
+        parser.error("--robots, --rate-hz and --duration must be positive")
+
+    command = shlex.join([Path(sys.executable).name, *sys.argv]) if argv is None else shlex.join(argv)
+    frames = query_frames(args)
+
+    process = None
+    if args.url:
+        url = args.url.rstrip("/")
+    else:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"spikebot-serve-{port}.log"
+        process = start_server(args, port, log_path)
+    try:
+        t0 = time.perf_counter()
+        wait_ready(url, process, args.ready_timeout)
+        ready_s = time.perf_counter() - t0
+        import httpx
+
+        maps = httpx.get(url + "/v1/maps", timeout=5).json()["maps"]
+        info = next((m for m in maps if m["name"] == args.map_name), None)
+        if info is None:
+            raise SystemExit(f"map {args.map_name!r} not served (maps: {[m['name'] for m in maps]})")
+        rss_before = rss_mb(process.pid) if process else None
+        peak = [rss_before or 0.0]
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.wait(0.25):
+                value = rss_mb(process.pid)
+                if value is not None:
+                    peak[0] = max(peak[0], value)
+
+        sampler = threading.Thread(target=sample, daemon=True) if process else None
+        if sampler:
+            sampler.start()
+        stats, wall = asyncio.run(run_load(args, url, frames))
+        stop.set()
+        rss_after = rss_mb(process.pid) if process else None
+    finally:
+        if process is not None:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+    planned = round(args.duration * args.rate_hz) * args.robots
+    ok = len(stats.latencies)
+    active = (stats.last_ok - stats.first_ok) if ok > 1 else None
+    result = {
+        "method": info["method"], "n_places": info["n_places"], "robots": args.robots, "rate_hz": args.rate_hz,
+        "duration_s": args.duration, "planned": planned, "sent": stats.sent, "ok": ok,
+        "errors": dict(stats.errors), "late": stats.late, "missed": stats.missed, "wall_s": wall,
+        "throughput": ok / args.duration, "throughput_active": (ok - 1) / active if active else None,
+        "p50": percentile(stats.latencies, 50), "p95": percentile(stats.latencies, 95),
+        "p99": percentile(stats.latencies, 99), "max": max(stats.latencies) if ok else None,
+        "server_timing": {k: {"p50": percentile(v, 50), "p95": percentile(v, 95), "p99": percentile(v, 99)}
+                          for k, v in stats.timing.items()},
+        "rss_mb_ready": rss_before, "rss_mb_peak": peak[0] if process else None, "rss_mb_after": rss_after,
+        "ready_s": ready_s, "max_concurrency": args.max_concurrency if process else None,
+        "sequence_length": args.sequence_length,
+    }
+    floor_result = None
+    if args.floor:
+        floor_result = floor(info["n_places"], args.floor_dim, args.robots * args.rate_hz,
+                             args.floor_duration or args.duration)
+        result["floor"] = floor_result
+
+    st = result["server_timing"]
+    print(f"## Service load: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}")
+    print(f"- machine: {cpu_model()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, "
+          f"Python {platform.python_version()}")
+    print(f"- command: `{command}`")
+    print(f"- server: {'started here, --max-concurrency ' + str(args.max_concurrency) if process else url}; "
+          f"map ready after {ready_s:.1f} s; sessions of {args.sequence_length} frames; client and server share "
+          "the machine")
+    print()
+    print("| method | places | robots x Hz | s | sent / planned | ok | errors | late | missed | ok req/s "
+          "| p50 ms | p95 ms | p99 ms | max ms | server total p50/p95 ms | describe p50/p95 | match p50/p95 "
+          "| decode p50 | RSS MB ready / peak |")
+    print("|" + "---|" * 19)
+
+    def stage(name: str) -> str:
+        s = st.get(name)
+        return f"{fmt(s['p50'], 2)} / {fmt(s['p95'], 2)}" if s else "-"
+
+    errors = sum(stats.errors.values())
+    print(f"| {result['method']} | {result['n_places']} | {args.robots} x {args.rate_hz:g} | {args.duration:g} "
+          f"| {stats.sent} / {planned} | {ok} | {errors} | {stats.late} | {stats.missed} "
+          f"| {result['throughput']:.1f} | {fmt(result['p50'])} | {fmt(result['p95'])} | {fmt(result['p99'])} "
+          f"| {fmt(result['max'])} | {stage('total_ms')} | {stage('describe_ms')} | {stage('match_ms')} "
+          f"| {fmt(st.get('decode_ms', {}).get('p50'), 2)} | {fmt(rss_before, 0)} / {fmt(result['rss_mb_peak'], 0)} |")
+    if floor_result:
+        f = floor_result
+        print(f"| floor: faiss IndexFlatIP, {f['dim']}-d random unit, in-process | {f['n_places']} "
+              f"| {f['rate']:g} req/s total | {args.floor_duration or args.duration:g} | {f['n']} / {f['n']} "
+              f"| {f['n']} | 0 | - | - | {f['throughput']:.1f} | {fmt(f['p50'], 2)} | {fmt(f['p95'], 2)} "
+              f"| {fmt(f['p99'], 2)} | {fmt(f['max'], 2)} | search p50 {fmt(f['search_p50'], 2)} | - | - | - | - |")
+    print()
+    if stats.errors:
+        print("- errors by status/code: " + ", ".join(f"{k}: {v}" for k, v in sorted(stats.errors.items())))
+    else:
+        print("- errors: none")
+    verdict = result["p99"] is not None and result["p99"] <= args.p99_budget_ms and not errors and not stats.missed
+    print(f"- p99 budget {args.p99_budget_ms:g} ms: {'met' if verdict else 'NOT met'}"
+          + ("" if verdict else f" (p99 {fmt(result['p99'])} ms, {errors} errors, {stats.missed} missed)"))
+    if st:
+        slowest = max((k for k in st if k != "total_ms"), key=lambda k: st[k]["p50"] or 0)
+        queue = (result["p50"] or 0) - (st["total_ms"]["p50"] or 0)
+        print(f"- slowest server stage (p50): {slowest}; client p50 minus server total p50 = {queue:.1f} ms "
+              "(HTTP, queueing for the thread pool / concurrency slots, client CPU)")
+    if floor_result and result["p50"] and floor_result["p50"]:
+        print(f"- served p50 / floor p50 = {result['p50'] / floor_result['p50']:.0f}x; "
+              f"served p99 / floor p99 = {result['p99'] / floor_result['p99']:.0f}x")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"command": command, **result}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
