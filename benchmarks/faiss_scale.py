@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from dataclasses import replace
@@ -23,6 +22,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from spikebot.provenance import cpu_model
 from vpr.index import IndexConfig, ReferenceIndex, recall_against_exact
 
 COLUMNS = ("places", "dim", "index", "build s", "memory MiB", "single query ms", "batched ms/query",
@@ -79,16 +79,6 @@ def measure(kind: str, references: np.ndarray, queries: np.ndarray, exact_ids: n
         "single_query_ms": round(single_ms, 3), "batched_ms_per_query": round(batched_ms, 4),
         "recall@1": recall_against_exact(ids, exact_ids, 1), "recall@10": recall_against_exact(ids, exact_ids, 10),
     }
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:
