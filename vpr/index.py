@@ -12,7 +12,6 @@ distance handed to evaluation and sequence matching is ``1 - cosine`` in [0, 2].
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, fields
@@ -22,6 +21,7 @@ from typing import Any, Literal
 import faiss
 import numpy as np
 
+from spikebot.artefacts import file_sha256
 from vpr.errors import SpikebotError
 
 INDEX_FORMAT = "spikebot-index/1"
@@ -164,7 +164,7 @@ class ReferenceIndex:
             "config": self.config.to_dict(),
             "dim": self.dim,
             "n": self.n_places,
-            "index_sha256": _sha256(index_path),
+            "index_sha256": file_sha256(index_path),
         }
         (folder / "index.json").write_text(json.dumps(manifest, indent=2) + "\n")
         return folder
@@ -185,7 +185,7 @@ class ReferenceIndex:
                 f"{manifest_path} describes an index of format {manifest.get('format')!r}; "
                 f"this spikebot reads {INDEX_FORMAT!r}"
             )
-        if _sha256(index_path) != manifest.get("index_sha256"):
+        if file_sha256(index_path) != manifest.get("index_sha256"):
             raise ReferenceIndexError(f"corrupt index: {index_path} does not match the checksum in {manifest_path}")
         try:
             config = IndexConfig.from_dict(manifest["config"])
@@ -259,9 +259,3 @@ def _check_descriptors(array: np.ndarray, dim: int | None, name: str) -> np.ndar
     return np.ascontiguousarray(array)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(1 << 22):
-            digest.update(block)
-    return digest.hexdigest()

@@ -19,12 +19,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spikebot.artefacts import file_sha256
 from spikebot.progress import progress
 from spikebot.provenance import __version__
 from vpr.cnn.gem import GeM, GeMConfig
 from vpr.cnn.netvlad import NetVLAD, NetVLADConfig, kmeans_centroids, local_descriptors
 from vpr.cnn.trunk import TrunkConfig, batches, build_trunk, prepare_images
-from vpr.cnn.weights import file_sha256
 from vpr.errors import SpikebotError
 
 ARTEFACT_FORMAT = "spikebot-cnn-model/1"

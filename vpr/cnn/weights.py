@@ -9,7 +9,6 @@ torchvision expects. Run it as ``python -m vpr.cnn.weights [SOURCE_DIR]``.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import sys
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from spikebot.artefacts import file_sha256
 from vpr.errors import SpikebotError
 
 # The file MobileNet_V2_Weights.IMAGENET1K_V1 names (torchvision is imported lazily: it takes seconds).
@@ -34,14 +34,6 @@ class WeightsError(SpikebotError):
 def cached_path() -> Path:
     """Where torchvision reads (and would download) the MobileNetV2 ImageNet weights."""
     return Path(torch.hub.get_dir()) / "checkpoints" / FILE_NAME
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def sha256_prefix_ok(path: Path) -> bool:

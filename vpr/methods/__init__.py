@@ -6,4 +6,7 @@ from vpr.methods.densevlad import DenseVLADMethod
 from vpr.methods.sad import SADMethod
 from vpr.methods.snn import SNNEnsembleMethod, SNNModularMethod
 
-__all__ = ["METHODS", "PlaceMethod", "SADMethod", "SNNEnsembleMethod", "SNNModularMethod", "create_method", "register_method"]
+__all__ = [
+    "METHODS", "DenseVLADMethod", "GeMMethod", "NetVLADMethod", "PlaceMethod", "SADMethod", "SNNEnsembleMethod",
+    "SNNModularMethod", "create_method", "register_method",
+]

@@ -9,7 +9,6 @@ uses no labels and never a query. ``vocabulary_dir`` instead names a vocabulary 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 from collections.abc import Iterable
@@ -19,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from spikebot.artefacts import file_sha256
 from spikebot.progress import progress
 from spikebot.provenance import __version__
 from vpr.errors import SpikebotError
@@ -138,7 +138,7 @@ class Vocabulary:
             "spikebot_version": __version__,
             "config": config,
             "training": self.training,
-            "arrays_sha256": _sha256(arrays_path),
+            "arrays_sha256": file_sha256(arrays_path),
         }
         (folder / "vocabulary.json").write_text(json.dumps(manifest, indent=2) + "\n")
         return folder
@@ -160,7 +160,7 @@ class Vocabulary:
             raise VocabularyError(
                 f"{manifest_path} describes format {found!r}; this spikebot reads {VOCABULARY_FORMAT!r}"
             )
-        if _sha256(arrays_path) != manifest.get("arrays_sha256"):
+        if file_sha256(arrays_path) != manifest.get("arrays_sha256"):
             raise VocabularyError(f"corrupt vocabulary: {arrays_path} does not match the checksum in {manifest_path}")
         try:
             config = DenseVLADConfig.from_dict(manifest["config"])
@@ -286,9 +286,3 @@ def _check_matches(vocabulary: Vocabulary, config: DenseVLADConfig) -> Vocabular
     return vocabulary
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from spikebot.artefacts import file_sha256
 from spikebot.provenance import __version__
 from vpr.errors import SpikebotError
 from vpr.snn.config import EnsembleConfig, NetworkConfig
@@ -259,7 +260,7 @@ class SpikingMap:
             "n_places": self.members[0].n_places,
             "reference_fingerprint": self.reference_fingerprint,
             "member_seconds": self.member_seconds,
-            "arrays_sha256": _sha256(array_path),
+            "arrays_sha256": file_sha256(array_path),
             "statistics": self.statistics(),
         }
         (directory / "map.json").write_text(json.dumps(manifest, indent=2) + "\n")
@@ -277,7 +278,7 @@ class SpikingMap:
             raise MapError(f"corrupt map manifest {manifest_path}: {error}") from error
         if manifest.get("format") != ARTEFACT_FORMAT:
             raise MapError(f"{directory} is a map of format {manifest.get('format')!r}; this spikebot reads {ARTEFACT_FORMAT!r}")
-        if _sha256(array_path) != manifest.get("arrays_sha256"):
+        if file_sha256(array_path) != manifest.get("arrays_sha256"):
             raise MapError(f"corrupt map: {array_path} does not match the checksum in {manifest_path}")
         try:
             config = EnsembleConfig.from_dict(manifest["config"])
@@ -312,14 +313,6 @@ def _load_member(path: Path, config: NetworkConfig, fingerprint: str) -> tuple[M
     if saved["config"] != json.loads(json.dumps(config.to_dict())) or saved["fingerprint"] != fingerprint:
         return None
     return ModularNetwork(config, **saved["arrays"], n_places=saved["n_places"]), saved["seconds"]
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(1 << 22):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def fingerprint_rates(rates: torch.Tensor) -> str:
