@@ -6,7 +6,10 @@ from vpr.preprocess import (
     patch_normalise_block,
     patch_normalise_pixel,
     preprocess,
+    preprocess_views,
     resize,
+    shift_offsets,
+    shifted_views,
     to_grayscale,
 )
 
@@ -85,3 +88,24 @@ def test_preprocess_mixed_sizes_and_modes():
         assert out.dtype == np.float32 and out.shape[0] == 2
     with pytest.raises(ValueError, match="no images"):
         preprocess([], PreprocessConfig())
+
+
+def test_shifted_views_move_the_image_and_repeat_its_edges():
+    image = np.arange(12, dtype=np.float32).reshape(1, 3, 4)
+    views = shifted_views(image, 1)
+    offsets = shift_offsets(1)
+    assert views.shape == (1, 9, 3, 4) and offsets[0] == (0, 0) and len(set(offsets)) == 9
+    np.testing.assert_array_equal(views[0, 0], image[0])
+    right_down = views[0, offsets.index((1, 1))]  # content moves right and down; the top row and left column repeat
+    np.testing.assert_array_equal(right_down, [[0, 0, 1, 2], [0, 0, 1, 2], [4, 4, 5, 6]])
+    with pytest.raises(ValueError):
+        shift_offsets(-1)
+
+
+def test_preprocess_is_the_unshifted_view():
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 255, (40, 60, 3), dtype=np.uint8) for _ in range(3)]
+    config = PreprocessConfig(16, 12, "pixel", 5)
+    views = preprocess_views(images, config, max_shift=2)
+    assert views.shape == (3, 25, 12, 16)
+    np.testing.assert_array_equal(views[:, 0], preprocess(images, config))

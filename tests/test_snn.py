@@ -103,6 +103,44 @@ def test_place_scores_are_weighted_means():
     np.testing.assert_allclose(scores.numpy(), [[(2 + 12) / 4, 0.0, 6.0]])
 
 
+def test_place_scores_max_takes_each_places_best_weighted_neuron():
+    counts = torch.tensor([[2.0, 4.0, 6.0], [5.0, 1.0, 0.5]])
+    scores = place_scores(counts, torch.tensor([0, 0, 2]), torch.tensor([1.0, 3.0, 1.0]), n_places=3, reduce="max")
+    np.testing.assert_allclose(scores.numpy(), [[12.0, 0.0, 6.0], [5.0, 0.0, 0.5]])
+
+
+def test_query_views_drive_each_neuron_by_its_best_view():
+    generator = torch.Generator().manual_seed(3)
+    weights = torch.rand(7, 16, generator=generator)
+    views = torch.rand(2, 5, 16, generator=generator)
+    for precision in (torch.float32, torch.bfloat16):
+        readout = CompiledReadout(NetworkConfig(), weights.to(precision), torch.ones(7), torch.zeros(7, dtype=torch.long),
+                                  torch.arange(7), torch.ones(7), n_members=1, n_places=7)
+        one_by_one = torch.stack([readout.drives(views[:, v]) for v in range(5)]).amax(dim=0)
+        torch.testing.assert_close(readout.drives(views), one_by_one)
+        torch.testing.assert_close(readout.drives(views[:1]), one_by_one[:1])
+
+
+def test_query_shift_recovers_a_shifted_view_of_a_learned_place():
+    """Places learned from images; queries are the same images moved by 2 pixels. Presenting each query at
+    offsets up to 2 pixels finds them; presenting them as they are does not (2x2 blocks shifted by 2 no longer
+    overlap their own pattern)."""
+    from vpr.preprocess import shifted_views
+    from vpr.snn.encoding import image_rates
+
+    generator = np.random.default_rng(0)
+    smooth = np.array([np.kron(generator.random((14, 14)), np.ones((2, 2))) for _ in range(20)])  # 28x28, 2x2 blocks
+    reference = image_rates(2 * smooth - 1)
+    queries = shifted_views(smooth, 2)[:, -1]  # the (2, 2) offset
+    network = ModularNetwork.train(reference, SMALL)
+    plain = network.compile(None, "standard").scores(image_rates(2 * queries - 1))
+    network.config = replace(SMALL, query_shift_px=2)
+    shifted = network.compile(None, "standard").scores(image_rates(2 * shifted_views(queries, 2) - 1))
+    plain_hits = int((plain.argmax(dim=1) == torch.arange(20)).sum())
+    shifted_hits = int((shifted.argmax(dim=1) == torch.arange(20)).sum())
+    assert shifted_hits >= 19 and plain_hits <= 5
+
+
 def test_winner_counts_apply_inhibition_per_module():
     drive = torch.tensor([[3.0, 2.0, 3.0, 2.9]])
     counts = winner_spike_counts(drive, torch.ones(4), torch.tensor([0, 0, 1, 1]), NetworkConfig())
@@ -196,7 +234,7 @@ def test_map_round_trip_and_refusals(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs", [{"encoding": "spikes"}, {"n_neurons": 0}, {"max_rate_per_ms": 2.0}, {"query_readout": "x"},
-                                    {"readout_precision": "float16"}])
+                                    {"readout_precision": "float16"}, {"place_readout": "median"}, {"query_shift_px": -1}])
 def test_invalid_network_configs(kwargs):
     with pytest.raises(ValueError):
         NetworkConfig(**kwargs)

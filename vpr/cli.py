@@ -182,23 +182,28 @@ def _parse_inputs(context, parameter, values):
 @click.option("--input", "inputs", multiple=True, callback=_parse_inputs, metavar="WxH:PATCH",
               help="Candidate input, repeatable: image size and 7x7-style per-pixel patch size, e.g. 32x32:7 "
                    "(default: the starting configuration's input only).")
+@click.option("--query-shift", "query_shifts", multiple=True, type=click.IntRange(min=0), metavar="PIXELS",
+              help="Candidate query shift, repeatable: each query is also presented moved by up to PIXELS "
+                   "(default: 0, 1 and 2).")
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="JSON file for the calibrated configuration.")
-def calibrate_command(dataset, reference, query, tolerance, data_root, config_file, inputs, out):
+def calibrate_command(dataset, reference, query, tolerance, data_root, config_file, inputs, query_shifts, out):
     """Choose input, epochs, hyperactive threshold and readout on the CALIBRATION split (never the test split)."""
     from vpr.methods.snn import SNNMethodConfig
     from vpr.preprocess import preprocess
-    from vpr.snn.calibration import calibrate_combination, calibrate_inputs
-    from vpr.snn.encoding import image_rates
+    from vpr.snn.calibration import CalibrationGrid, calibrate_combination, calibrate_inputs
+    from vpr.snn.encoding import image_rates, query_rates
 
     def run():
         data = load_registered(dataset, reference, query, data_root=data_root, split="calibration", tolerance=tolerance)
         base = SNNMethodConfig.from_file(config_file) if config_file else SNNMethodConfig()
         network = base.ensemble.network
         images = [list(traverse) for traverse in (data.reference, data.query)]
-        chosen, rows = calibrate_inputs(*images, data.ground_truth, network, inputs or (network.preprocess,), device=base.device)
-        rates = [image_rates(preprocess(traverse, chosen.preprocess)) for traverse in images]
+        grid = CalibrationGrid(query_shifts=query_shifts) if query_shifts else CalibrationGrid()
+        chosen, rows = calibrate_inputs(*images, data.ground_truth, network, inputs or (network.preprocess,), grid,
+                                        device=base.device)
         ensemble, combination_rows = calibrate_combination(
-            *rates, data.ground_truth, dataclasses.replace(base.ensemble, network=chosen), device=base.device
+            image_rates(preprocess(images[0], chosen.preprocess)), query_rates(images[1], chosen),
+            data.ground_truth, dataclasses.replace(base.ensemble, network=chosen), device=base.device
         )
         record = {"ensemble": ensemble.to_dict(),
                   "calibration": {"dataset": dataset, "split": "calibration", "data": data.info, "rows": rows,
@@ -206,9 +211,11 @@ def calibrate_command(dataset, reference, query, tolerance, data_root, config_fi
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(record, indent=2) + "\n")
         best = max(rows, key=lambda row: row["recall_at_1"])
-        click.echo(f"calibration R@1 {best['recall_at_1']:.3f} with input {best['input']}, epochs={chosen.epochs}, "
+        click.echo(f"calibration R@1 {best['recall_at_1']:.3f} with input {best['input']}, "
+                   f"query_shift_px={chosen.query_shift_px}, epochs={chosen.epochs}, "
                    f"hyperactive_threshold={chosen.hyperactive_threshold}, assignment={chosen.assignment}, "
-                   f"query_thresholds={chosen.query_thresholds}, combination={ensemble.combination}; written to {out}")
+                   f"query_thresholds={chosen.query_thresholds}, place_readout={chosen.place_readout}, "
+                   f"combination={ensemble.combination}; written to {out}")
 
     _run_guarded(run)
 

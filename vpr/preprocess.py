@@ -115,7 +115,38 @@ def preprocess(images: Iterable[np.ndarray], config: PreprocessConfig) -> np.nda
 
     Images are reduced one at a time as they arrive, so full-resolution frames are never all held in memory.
     """
+    return preprocess_views(images, config, max_shift=0)[:, 0]
+
+
+def shift_offsets(max_shift: int) -> list[tuple[int, int]]:
+    """Every (dx, dy) with both in [-max_shift, max_shift], the unshifted view first."""
+    if max_shift < 0:
+        raise ValueError(f"max_shift must be >= 0, got {max_shift}")
+    span = range(-max_shift, max_shift + 1)
+    return sorted(((dx, dy) for dy in span for dx in span), key=lambda offset: offset != (0, 0))
+
+
+def shifted_views(images: np.ndarray, max_shift: int) -> np.ndarray:
+    """(N, H, W) -> (N, views, H, W): each image moved by every offset of :func:`shift_offsets`, edges repeated.
+
+    Views of a reference image stand for the small changes of viewpoint between traverses (a robot a little to
+    the side of where the map was recorded), which a learner shown them can tolerate.
+    """
+    images = np.asarray(images)
+    _, height, width = images.shape
+    views = []
+    for dx, dy in shift_offsets(max_shift):
+        rows = np.clip(np.arange(height) - dy, 0, height - 1)
+        columns = np.clip(np.arange(width) - dx, 0, width - 1)
+        views.append(images[:, rows][:, :, columns])
+    return np.stack(views, axis=1)
+
+
+def preprocess_views(images: Iterable[np.ndarray], config: PreprocessConfig, max_shift: int) -> np.ndarray:
+    """Like :func:`preprocess`, with every image also shifted by up to ``max_shift`` pixels at the output size
+    (before patch normalisation): (N, views, height, width), view 0 unshifted."""
     small = [resize(to_grayscale(image), config.width, config.height) for image in images]
     if not small:
         raise ValueError("no images to preprocess")
-    return normalise(np.stack(small), config)
+    views = shifted_views(np.stack(small), max_shift)
+    return normalise(views.reshape(-1, config.height, config.width), config).reshape(views.shape)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -26,6 +26,8 @@ class PlaceMethod(ABC):
     """The config field a trained artefact (``--model DIR`` on the command line) goes into, if the method has one."""
     saves_maps: ClassVar[bool] = False
     """Whether a built map can be saved (``save_map``) and given back through the config's ``map_dir``."""
+    report_progress: Callable[[float, str], None] | None = None
+    """If set, ``build_map`` may call it with the fraction done (0..1) and a message (the service's build jobs)."""
 
     def __init__(self, config: Any | None = None):
         self.config = config if config is not None else self.config_type()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from vpr.methods.base import PlaceMethod, register_method
 from vpr.preprocess import preprocess
 from vpr.snn.config import EnsembleConfig
-from vpr.snn.encoding import image_rates
+from vpr.snn.encoding import image_rates, query_rates
 from vpr.snn.model import MapError, SpikingMap, fingerprint_rates
 
 
@@ -45,10 +45,21 @@ class SNNModularConfig(SNNMethodConfig):
     ensemble: EnsembleConfig = field(default_factory=lambda: EnsembleConfig(seeds=(0,)))
 
 
-def _epoch_bar(total: int):
+def _epoch_bar(total: int, members: int = 1, report: Callable[[float, str], None] | None = None):
+    """``SpikingMap.train``'s progress: a bar per member, and ``report(fraction of all epochs, message)`` if given."""
+    started = 0
+
     def factory(description: str):
+        nonlocal started
+        member, started = started, started + 1
         bar = tqdm(total=total, desc=description, unit="epoch", disable=None, leave=False)
-        return lambda epoch, *_: bar.update(1) if epoch + 1 < total else bar.close()
+
+        def on_epoch(epoch: int, *_: Any) -> None:
+            if report is not None:
+                report(min(1.0, (member + (epoch + 1) / total) / members), f"training {description}, epoch {epoch + 1}/{total}")
+            bar.update(1) if epoch + 1 < total else bar.close()
+
+        return on_epoch
 
     return factory
 
@@ -77,13 +88,13 @@ class SNNEnsembleMethod(PlaceMethod):
         else:
             ensemble = self.config.ensemble
             self.map = SpikingMap.train(rates, ensemble, fingerprint, device=self.config.device,
-                                        progress=_epoch_bar(ensemble.network.epochs),
+                                        progress=_epoch_bar(ensemble.network.epochs, len(ensemble.seeds), self.report_progress),
                                         checkpoint_dir=self.config.checkpoint_dir)
         self.readout = self.map.compile().to(self.config.device)
 
     def distances(self, query_images: Iterable[np.ndarray]) -> np.ndarray:
         with torch.inference_mode():
-            rates = self._rates(query_images).to(self.config.device)
+            rates = query_rates(query_images, self.map.config.network).to(self.config.device)
             return (-self.map.scores(rates, self.readout)).cpu().numpy()
 
     def save_map(self, folder: str | Path) -> Path:
@@ -118,6 +129,7 @@ class SNNEnsembleMethod(PlaceMethod):
             *((f"snn-ensemble x{k}", k, {}) for k in sorted({1, min(3, n), n}) if k > 1),
             (f"snn-ensemble x{n}, {other} assignment", n, {"assignment": other}),
             (f"snn-ensemble x{n}, no regularisation", n, {"hyperactive_threshold": None}),
+            *([(f"snn-ensemble x{n}, no query shift", n, {"query_shift_px": 0})] if network.query_shift_px else []),
         ]
         ablated = [self.with_map(self.map.subset(k, **changes), label) for label, k, changes in variants]
         for combination in ("sum", "normalised_sum", "covered_mean"):

@@ -9,6 +9,7 @@ setting in the grid).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -20,7 +21,7 @@ from vpr.data import GroundTruth
 from vpr.metrics import recall_at_n
 from vpr.preprocess import PreprocessConfig, preprocess
 from vpr.snn.config import EnsembleConfig, NetworkConfig
-from vpr.snn.encoding import image_rates
+from vpr.snn.encoding import image_rates, query_rates
 from vpr.snn.model import ModularNetwork, SpikingMap
 from vpr.snn.training import train_modules
 
@@ -33,6 +34,8 @@ class CalibrationGrid:
     hyperactive_thresholds: tuple[int | None, ...] = (None, 200, 100, 50, 25, 10)
     query_thresholds: tuple[str, ...] = ("adaptive", "base")
     assignments: tuple[str, ...] = ("standard", "weighted")
+    place_readouts: tuple[str, ...] = ("mean", "max")
+    query_shifts: tuple[int, ...] = (0, 1, 2)
 
 
 def calibrate_inputs(
@@ -52,8 +55,11 @@ def calibrate_inputs(
     best: tuple[float, NetworkConfig] | None = None
     rows: list[dict[str, Any]] = []
     for candidate in inputs:
-        rates = [image_rates(preprocess(images, candidate)) for images in (reference_images, query_images)]
-        chosen, candidate_rows = calibrate(*rates, truth, replace(network, preprocess=candidate), grid, device=device)
+        network_for_input = replace(network, preprocess=candidate)
+        reference_rates = image_rates(preprocess(reference_images, candidate))
+        shifted_queries = {shift: query_rates(query_images, replace(network_for_input, query_shift_px=shift))
+                           for shift in grid.query_shifts}
+        chosen, candidate_rows = calibrate(reference_rates, shifted_queries, truth, network_for_input, grid, device=device)
         label = f"{candidate.width}x{candidate.height} {candidate.patch_mode} {candidate.patch_size}"
         rows += [{"input": label, **row} for row in candidate_rows]
         recall = max(row["recall_at_1"] for row in candidate_rows)
@@ -64,14 +70,17 @@ def calibrate_inputs(
 
 def calibrate(
     reference_rates: torch.Tensor,
-    query_rates: torch.Tensor,
+    shifted_queries: dict[int, torch.Tensor],
     truth: GroundTruth,
     network: NetworkConfig,
     grid: CalibrationGrid = CalibrationGrid(),
     *,
     device: str = "cpu",
 ) -> tuple[NetworkConfig, list[dict[str, Any]]]:
-    """Returns the chosen configuration and one row per setting tried (with its calibration Recall@1)."""
+    """Returns the chosen configuration and one row per setting tried (with its calibration Recall@1).
+
+    ``shifted_queries``: the calibration queries' rates for each ``query_shift_px`` of the grid (from
+    :func:`vpr.snn.encoding.query_rates`)."""
     snapshots: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def keep_snapshot(epoch: int, weights: torch.Tensor, thresholds: torch.Tensor) -> None:
@@ -82,19 +91,23 @@ def calibrate(
     rows = []
     for epochs in sorted(grid.epochs):
         trained = ModularNetwork.from_training(reference_rates, replace(network, epochs=epochs), *snapshots[epochs], regions)
-        for query_thresholds in grid.query_thresholds:
-            trained.config = replace(network, epochs=epochs, query_thresholds=query_thresholds)
+        for query_thresholds, place_readout, shift in itertools.product(grid.query_thresholds, grid.place_readouts,
+                                                                         grid.query_shifts):
+            trained.config = replace(network, epochs=epochs, query_thresholds=query_thresholds,
+                                     place_readout=place_readout, query_shift_px=shift)
             for assignment in grid.assignments:
                 for threshold in grid.hyperactive_thresholds:
-                    scores = trained.compile(threshold, assignment).scores(query_rates)
+                    scores = trained.compile(threshold, assignment).scores(shifted_queries[shift])
                     rows.append({
-                        "epochs": epochs, "query_thresholds": query_thresholds, "assignment": assignment,
-                        "hyperactive_threshold": threshold, "hyperactive_share": trained.hyperactive_share(threshold),
+                        "epochs": epochs, "query_thresholds": query_thresholds, "place_readout": place_readout,
+                        "query_shift_px": shift, "assignment": assignment, "hyperactive_threshold": threshold,
+                        "hyperactive_share": trained.hyperactive_share(threshold),
                         "recall_at_1": recall_at_n((-scores).numpy(), truth, (1,))[1],
                     })
     best = max(enumerate(rows), key=lambda item: (item[1]["recall_at_1"], -item[0]))[1]
     chosen = replace(network, epochs=best["epochs"], query_thresholds=best["query_thresholds"],
-                     assignment=best["assignment"], hyperactive_threshold=best["hyperactive_threshold"])
+                     place_readout=best["place_readout"], query_shift_px=best["query_shift_px"], assignment=best["assignment"],
+                     hyperactive_threshold=best["hyperactive_threshold"])
     return chosen, rows
 
 

@@ -20,6 +20,10 @@ class NetworkConfig:
     Nordland calibration split only (docs/benchmarks.md); ``spikebot vpr calibrate`` chooses the rest.
     ``readout_precision`` is the type of the weights a query reads: a query is bound by reading them, and
     bfloat16 halves the bytes (the drives are accumulated and turned into rates in float32).
+    ``query_shift_px`` > 0 presents each query at every offset up to that many pixels in x and y (at the input
+    size) and lets each neuron answer to its best-aligned view, which tolerates the small changes of viewpoint
+    between traverses; ``place_readout`` scores a place by the mean of its neurons (the papers') or by its best
+    neuron (``max``). Both are readout settings, chosen on the calibration split.
     """
 
     n_neurons: int = 400
@@ -39,6 +43,8 @@ class NetworkConfig:
     query_readout: Literal["rate", "wta_counts"] = "rate"
     query_thresholds: Literal["adaptive", "base"] = "adaptive"
     readout_precision: Literal["float32", "bfloat16"] = "float32"
+    query_shift_px: int = 0
+    place_readout: Literal["mean", "max"] = "mean"
 
     tau_pre_ms: float = 20.0
     tau_post1_ms: float = 20.0
@@ -73,6 +79,10 @@ class NetworkConfig:
             raise ValueError(f"unknown query_thresholds {self.query_thresholds!r}: expected 'adaptive' or 'base'")
         if self.readout_precision not in ("float32", "bfloat16"):
             raise ValueError(f"unknown readout_precision {self.readout_precision!r}: expected 'float32' or 'bfloat16'")
+        if self.place_readout not in ("mean", "max"):
+            raise ValueError(f"unknown place_readout {self.place_readout!r}: expected 'mean' or 'max'")
+        if self.query_shift_px < 0:
+            raise ValueError(f"query_shift_px must be >= 0, got {self.query_shift_px}")
         if self.region_split not in ("contiguous", "shuffled"):
             raise ValueError(f"unknown region_split {self.region_split!r}")
         if self.hyperactive_threshold is not None and self.hyperactive_threshold < 1:

@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 import torch
 
+from vpr.preprocess import preprocess, preprocess_views
 from vpr.snn.config import NetworkConfig
 
 
 def image_rates(normalised: np.ndarray) -> torch.Tensor:
-    """Map (N, H, W) images in [-1, 1] to (N, H*W) relative rates in [0, 1] (VPRSNN: 0 to 63.75 Hz)."""
-    flat = np.asarray(normalised, dtype=np.float32).reshape(len(normalised), -1)
+    """Map (..., H, W) images in [-1, 1] to (..., H*W) relative rates in [0, 1] (VPRSNN: 0 to 63.75 Hz)."""
+    normalised = np.asarray(normalised, dtype=np.float32)
+    flat = normalised.reshape(*normalised.shape[:-2], -1)
     return torch.from_numpy((flat + 1.0) / 2.0)
+
+
+def query_rates(images: Iterable[np.ndarray], config: NetworkConfig) -> torch.Tensor:
+    """What a query presents: (queries, inputs) rates, or (queries, views, inputs) with ``query_shift_px`` > 0."""
+    if config.query_shift_px == 0:
+        return image_rates(preprocess(images, config.preprocess))
+    return image_rates(preprocess_views(images, config.preprocess, config.query_shift_px))
 
 
 def drive_scale(config: NetworkConfig) -> float:

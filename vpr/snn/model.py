@@ -144,12 +144,19 @@ class CompiledReadout:
     def member_scores(self, rates: torch.Tensor) -> torch.Tensor:
         """(queries, members, places) weighted mean responses of each member's neurons of each place."""
         responses = query_responses(self.drives(rates), self.thresholds, self.module, self.config)
-        return place_scores(responses, self.slot, self.weight, self.n_members * self.n_places).view(len(rates), self.n_members, -1)
+        return place_scores(responses, self.slot, self.weight, self.n_members * self.n_places,
+                            reduce=self.config.place_readout).view(len(rates), self.n_members, -1)
 
     def drives(self, rates: torch.Tensor) -> torch.Tensor:
         """(queries, neurons) input currents in float32. One query (a robot's frame) is a matrix-vector product,
-        which torch's CPU kernels run about twice as fast in bfloat16 as the general product of a batch."""
+        which torch's CPU kernels run about twice as fast in bfloat16 as the general product of a batch.
+
+        ``rates`` (queries, views, inputs) present each query at several small offsets (``query_shift_px``, like
+        fixational eye movements); a neuron's drive is its strongest over the views, so it fires as early as
+        for the best-aligned view. The views of one query share one pass over the weights."""
         rates = rates.to(self.scaled_weights.dtype)
+        if rates.dim() == 3:
+            return torch.nn.functional.linear(rates, self.scaled_weights).amax(dim=1).to(torch.float32)
         if len(rates) == 1:
             return torch.mv(self.scaled_weights, rates[0]).unsqueeze(0).to(torch.float32)
         return torch.nn.functional.linear(rates, self.scaled_weights).to(torch.float32)

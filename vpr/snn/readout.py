@@ -76,11 +76,14 @@ def assign_neurons(responses: torch.Tensor, regions: torch.Tensor) -> tuple[torc
     return place, weight
 
 
-def place_scores(counts: torch.Tensor, place: torch.Tensor, weight: torch.Tensor, n_places: int) -> torch.Tensor:
-    """Weighted mean response of the neurons assigned to each place: (queries, neurons) -> (queries, places).
-
-    Places without assigned neurons score 0.
+def place_scores(counts: torch.Tensor, place: torch.Tensor, weight: torch.Tensor, n_places: int,
+                 reduce: str = "mean") -> torch.Tensor:
+    """Weighted mean (or, with ``reduce="max"``, the largest weighted) response of the neurons assigned to each
+    place: (queries, neurons) -> (queries, places). Places without assigned neurons score 0.
     """
+    if reduce == "max":
+        scores = torch.zeros(counts.shape[0], n_places, dtype=counts.dtype, device=counts.device)
+        return scores.scatter_reduce_(1, place.expand(counts.shape[0], -1), counts * weight, reduce="amax", include_self=False)
     scores = torch.zeros(counts.shape[0], n_places, dtype=counts.dtype, device=counts.device)
     scores.index_add_(1, place, counts * weight)
     total_weight = torch.zeros(n_places, dtype=counts.dtype, device=counts.device).index_add_(0, place, weight.to(counts.dtype))
