@@ -1,10 +1,15 @@
 """The localisation service: ``create_app(settings, maps=...)`` builds a FastAPI app.
 
-Routes: ``/healthz`` (process alive), ``/readyz`` (maps loaded), ``/metrics`` (Prometheus), ``/v1/maps``,
-``/v1/maps/{name}/localize`` (one JPEG/PNG image, raw or multipart field ``image``), ``/v1/sessions``.
-Maps load in a worker thread after startup, so ``/readyz`` answers 503 until they are ready. Decoding and
-describing images run in worker threads, never on the event loop; at most ``max_concurrency`` localisations run
-at once and further ones get 503 with Retry-After at once rather than queueing.
+Routes: ``/healthz`` (process alive), ``/readyz`` (maps loaded), ``/metrics`` (Prometheus), ``/v1/maps`` (GET
+lists; POST builds a map into the map store as a background job, followed at ``/v1/jobs/{id}``), ``DELETE
+/v1/maps/{name}``, ``/v1/jobs`` (map management: :mod:`server.jobs`), ``/v1/maps/{name}/localize`` (one
+JPEG/PNG image, raw or multipart field ``image``), ``/v1/sessions``, and the WebSocket
+``/v1/maps/{name}/stream`` (one JPEG/PNG per binary message, one JSON answer per frame, sequence matched within
+the connection; its protocol is :mod:`server.stream`'s docstring, appended to the OpenAPI description since
+OpenAPI has no WebSocket routes). Maps load in a worker thread after startup, so ``/readyz``
+answers 503 until they are ready. Decoding and describing images run in worker threads, never on the event
+loop; at most ``max_concurrency`` localisations run at once and further ones get 503 with Retry-After at once
+rather than queueing.
 """
 
 from __future__ import annotations
@@ -51,7 +56,7 @@ from server.schemas import (
     SessionInfo,
     Status,
 )
-from server.sessions import SessionLimitError, SessionStore
+from server.sessions import Session, SessionLimitError, SessionStore
 from server.settings import ServiceSettings
 from vpr.sequence import SequenceConfig
 
@@ -84,25 +89,30 @@ class Metrics:
         self.sessions = Gauge("spikebot_active_sessions", "Open localisation sessions", registry=self.registry)
         self.rejected = Counter("spikebot_overload_rejections", "Requests refused with 503 by the concurrency limit",
                                 registry=self.registry)
+        self.streams = Gauge("spikebot_open_streams", "Open WebSocket localisation streams", registry=self.registry)
+        self.stream_frames = Counter("spikebot_stream_frames", "WebSocket stream messages by outcome (ok or error code)",
+                                     ["outcome"], registry=self.registry)
 
 
 class BodyLimitMiddleware:
-    """413 ``body_too_large`` for bodies over ``limit`` bytes: by Content-Length at once, or while streaming."""
+    """413 ``body_too_large`` for bodies over ``limit`` bytes (``upload_limit`` for ``POST /v1/maps``, which takes
+    reference images): by Content-Length at once, or while streaming."""
 
-    def __init__(self, app: ASGIApp, limit: int):
-        self.app, self.limit = app, limit
+    def __init__(self, app: ASGIApp, limit: int, upload_limit: int | None = None):
+        self.app, self.limit, self.upload_limit = app, limit, upload_limit or limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        limit = self.upload_limit if scope["method"] == "POST" and scope["path"] == "/v1/maps" else self.limit
         for key, value in scope.get("headers", []):
             if key == b"content-length":
                 try:
-                    too_big = int(value) > self.limit
+                    too_big = int(value) > limit
                 except ValueError:
                     too_big = False
                 if too_big:
-                    return await self._reject(scope, receive, send)
+                    return await self._reject(limit, scope, receive, send)
         received = 0
 
         async def limited_receive() -> Message:
@@ -110,14 +120,14 @@ class BodyLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.limit:
-                    raise ServiceError(413, "body_too_large", f"request body exceeds {self.limit} bytes")
+                if received > limit:
+                    raise ServiceError(413, "body_too_large", f"request body exceeds {limit} bytes")
             return message
 
         await self.app(scope, limited_receive, send)
 
-    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = error_response(413, "body_too_large", f"request body exceeds {self.limit} bytes",
+    async def _reject(self, limit: int, scope: Scope, receive: Receive, send: Send) -> None:
+        response = error_response(413, "body_too_large", f"request body exceeds {limit} bytes",
                                   {"Connection": "close"})
         await response(scope, receive, send)
 
@@ -177,9 +187,10 @@ class ServiceState:
     def map(self, name: str) -> LoadedMap:
         if not self.ready:
             raise ServiceError(503, "not_ready", "maps are still loading", {"Retry-After": "1"})
-        if name not in self.maps:
+        loaded = self.maps.get(name)  # one lookup: DELETE /v1/maps/{name} may replace self.maps meanwhile
+        if loaded is None:
             raise ServiceError(404, "unknown_map", f"no map {name!r}; maps: {', '.join(sorted(self.maps))}")
-        return self.maps[name]
+        return loaded
 
 
 def get_state(request: Request) -> ServiceState:
@@ -189,12 +200,16 @@ def get_state(request: Request) -> ServiceState:
 StateDep = Annotated[ServiceState, Depends(get_state)]
 
 
+def api_key_accepted(keys: Sequence[str], given: str | None) -> bool:
+    """True when no keys are configured or ``given`` is one of them (compared in constant time)."""
+    if not keys:
+        return True
+    return given is not None and any(secrets.compare_digest(given.encode(), k.encode()) for k in keys)
+
+
 def require_api_key(state: StateDep,
                     x_api_key: str | None = Header(None, description="Required when the service has API keys.")) -> None:
-    keys = state.settings.api_keys
-    if not keys:
-        return
-    if x_api_key is None or not any(secrets.compare_digest(x_api_key.encode(), k.encode()) for k in keys):
+    if not api_key_accepted(state.settings.api_keys, x_api_key):
         raise ServiceError(401, "unauthorized", "missing or invalid X-API-Key header")
 
 
@@ -252,16 +267,40 @@ async def read_image_body(request: Request, max_body_bytes: int) -> bytes:
                        f"Content-Type {content_type or 'missing'}: send image/jpeg, image/png or multipart/form-data")
 
 
+def localize_frame(state: ServiceState, loaded: LoadedMap, data: bytes, top_k: int,
+                   session: Session | None) -> Localization:
+    """Decode, describe, sequence-match within ``session`` (if any), rank: the one localisation that the HTTP route
+    and the WebSocket stream both run, in a worker thread (it blocks). Holds no slot: callers release theirs."""
+    stages = state.metrics.stages
+    t0 = time.perf_counter()
+    image = decode_image(data, state.settings.max_image_pixels)
+    t1 = time.perf_counter()
+    row = loaded.distance_row(image)
+    t2 = time.perf_counter()
+    length = 1
+    if session is not None:
+        row, length = session.push(row)
+    best = int(np.argmin(row))
+    k = min(top_k, row.size)
+    ranked = np.argpartition(row, k - 1)[:k] if k < row.size else np.arange(row.size)
+    ranked = ranked[np.argsort(row[ranked], kind="stable")]
+    answer = Localization(
+        place=best, score=-float(row[best]), confidence=confidence(row, best),
+        top_k=[Match(place=int(i), distance=float(row[i])) for i in ranked], sequence_length=length,
+        session_id=session.id if session is not None else None,
+        server_timing=ServerTiming(decode_ms=0, describe_ms=0, match_ms=0, total_ms=0))
+    t3 = time.perf_counter()
+    for stage, seconds in (("decode", t1 - t0), ("describe", t2 - t1), ("match", t3 - t2)):
+        stages.labels(stage).observe(seconds)
+    answer.server_timing = ServerTiming(decode_ms=(t1 - t0) * 1e3, describe_ms=(t2 - t1) * 1e3,
+                                        match_ms=(t3 - t2) * 1e3, total_ms=(t3 - t0) * 1e3)
+    return answer
+
+
 def localize_image(state: ServiceState, loaded: LoadedMap, data: bytes, top_k: int, session_id: str | None) -> Localization:
-    """Runs in a worker thread: decode, describe, sequence-match, rank. Releases the concurrency slot when done."""
+    """Runs in a worker thread: the session by id, then :func:`localize_frame`. Releases the concurrency slot when done."""
     try:
-        stages = state.metrics.stages
-        t0 = time.perf_counter()
-        image = decode_image(data, state.settings.max_image_pixels)
-        t1 = time.perf_counter()
-        row = loaded.distance_row(image)
-        t2 = time.perf_counter()
-        length = 1
+        session = None
         if session_id is not None:
             session = state.sessions.get(session_id)
             if session is None:
@@ -269,22 +308,7 @@ def localize_image(state: ServiceState, loaded: LoadedMap, data: bytes, top_k: i
             if session.map_name != loaded.name:
                 raise ServiceError(409, "session_map_mismatch",
                                    f"session {session_id!r} localises in map {session.map_name!r}, not {loaded.name!r}")
-            row, length = session.push(row)
-        best = int(np.argmin(row))
-        k = min(top_k, row.size)
-        ranked = np.argpartition(row, k - 1)[:k] if k < row.size else np.arange(row.size)
-        ranked = ranked[np.argsort(row[ranked], kind="stable")]
-        answer = Localization(
-            place=best, score=-float(row[best]), confidence=confidence(row, best),
-            top_k=[Match(place=int(i), distance=float(row[i])) for i in ranked], sequence_length=length,
-            session_id=session_id,
-            server_timing=ServerTiming(decode_ms=0, describe_ms=0, match_ms=0, total_ms=0))
-        t3 = time.perf_counter()
-        for stage, seconds in (("decode", t1 - t0), ("describe", t2 - t1), ("match", t3 - t2)):
-            stages.labels(stage).observe(seconds)
-        answer.server_timing = ServerTiming(decode_ms=(t1 - t0) * 1e3, describe_ms=(t2 - t1) * 1e3,
-                                            match_ms=(t3 - t2) * 1e3, total_ms=(t3 - t0) * 1e3)
-        return answer
+        return localize_frame(state, loaded, data, top_k, session)
     finally:
         state.slots.release()
 
@@ -296,14 +320,15 @@ LOCALIZE_BODY = {
         "content": {
             "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
             "image/png": {"schema": {"type": "string", "format": "binary"}},
-            "multipart/form-data": {"schema": {"type": "object", "required": ["image"],
-                                               "properties": {"image": {"type": "string", "format": "binary"}}}},
+            "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "additionalProperties": False,
+                                               "properties": {"image": {"type": "string", "format": "binary"}}},
+                                    "encoding": {"image": {"contentType": "image/jpeg, image/png"}}},
         },
     }
 }
 
 
-def build_router() -> APIRouter:
+def build_router(settings: ServiceSettings) -> APIRouter:
     router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
 
     @router.get("/maps", response_model=MapList, responses=responses(401, 503))
@@ -318,12 +343,9 @@ def build_router() -> APIRouter:
         request: Request,
         name: str,
         state: StateDep,
-        top_k: int = Query(5, ge=1, description="How many best places to return (at most the service's max_top_k)."),
+        top_k: int = Query(5, ge=1, le=settings.max_top_k, description="How many best places to return (at most the service's max_top_k)."),
         x_session_id: str | None = Header(None, description="Sequence-match within this session (POST /v1/sessions)."),
     ) -> Localization:
-        settings = state.settings
-        if top_k > settings.max_top_k:
-            raise ServiceError(422, "invalid_request", f"top_k must be at most {settings.max_top_k}")
         loaded = state.map(name)
         if x_session_id is not None and state.sessions.get(x_session_id) is None:
             raise ServiceError(404, "unknown_session", f"no session {x_session_id!r} (unknown, deleted or expired)")
@@ -340,7 +362,7 @@ def build_router() -> APIRouter:
         except TimeoutError as error:
             raise ServiceError(504, "timeout", f"localisation took over {settings.request_timeout_seconds} s") from error
 
-    @router.post("/sessions", response_model=SessionInfo, status_code=201, responses=responses(401, 404, 422, 503))
+    @router.post("/sessions", response_model=SessionInfo, status_code=201, responses=responses(400, 401, 404, 422, 503))
     def create_session(body: SessionCreate, state: StateDep) -> SessionInfo:
         settings = state.settings
         name = body.map or settings.default_map or (next(iter(state.maps)) if len(state.maps) == 1 else None)
@@ -378,6 +400,11 @@ def create_app(settings: ServiceSettings | None = None, maps: Sequence[MapSource
     if len(set(names)) != len(names):
         raise ValueError(f"map names must be unique, got {names}")
     state = ServiceState(settings, sources)
+    from server import jobs  # here, not at the top: server.jobs imports this module
+
+    builds = jobs.MapBuilds(state, MapStore(settings.map_store) if settings.map_store is not None else None,
+                            jobs.JobRunner(settings.map_build_workers, settings.max_queued_builds,
+                                           settings.max_finished_jobs))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -386,13 +413,17 @@ def create_app(settings: ServiceSettings | None = None, maps: Sequence[MapSource
         try:
             yield
         finally:
+            builds.runner.close()
             sweeper.cancel()
             if not loader.done():
                 loader.cancel()
 
+    from server import stream  # here, not at the top: server.stream imports this module
+
     app = FastAPI(title="spikebot localisation service", version="1", lifespan=lifespan,
-                  description=__doc__)
+                  description=f"{__doc__}\n## WebSocket stream\n\n{stream.__doc__}")
     app.state.service = state
+    app.state.map_builds = builds
     install_error_handlers(app)
 
     @app.get("/healthz", response_model=Status, tags=["ops"])
@@ -412,8 +443,20 @@ def create_app(settings: ServiceSettings | None = None, maps: Sequence[MapSource
         state.metrics.sessions.set(len(state.sessions))
         return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    app.include_router(build_router())
-    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    app.include_router(build_router(settings))
+
+    def openapi() -> dict[str, Any]:
+        """The generated document plus the service's own limits, which the static request models cannot know."""
+        if app.openapi_schema is None:
+            schema = FastAPI.openapi(app)
+            schema["components"]["schemas"]["SessionCreate"]["properties"]["sequence_length"]["maximum"] = \
+                settings.max_sequence_length
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    app.include_router(stream.build_stream_router())
+    app.include_router(jobs.build_jobs_router())
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes, upload_limit=settings.max_upload_bytes)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     return app
 

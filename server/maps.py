@@ -7,8 +7,10 @@ A map store is a folder with one sub-folder per map::
 
 The reference traverse is recorded (registered dataset name/reference/split, or an image folder) and re-read at
 load time: saved maps verify a fingerprint of the reference images, and methods that save nothing (SAD) rebuild
-their map from them. Maps are written to a temporary folder and renamed, so a folder with ``service.json`` is
-complete.
+their map from them. Relative paths in ``service.json`` (a ``folder`` source, ``config_file``) are inside the map
+folder: maps built over HTTP keep their uploaded reference images in ``<store>/<name>/reference/`` and their
+config in ``<store>/<name>/config.json``. Maps are written to a temporary folder (``<store>/.<name>.*``) and
+renamed, so a folder with ``service.json`` is complete; a deleted map is renamed away before it is removed.
 """
 
 from __future__ import annotations
@@ -160,8 +162,13 @@ class MapStore:
         manifest = self.manifest(name)
         folder = self.root / name
         map_dir = folder / MAP_FOLDER
-        return MapSpec(name=name, method=manifest["method"], source=ReferenceSource(**manifest["source"]),
-                       map_dir=str(map_dir) if map_dir.is_dir() else None, config_file=manifest.get("config_file"))
+        source = ReferenceSource(**manifest["source"])
+        if source.folder is not None:
+            source = dataclasses.replace(source, folder=str(folder / source.folder))
+        config_file = manifest.get("config_file")
+        return MapSpec(name=name, method=manifest["method"], source=source,
+                       map_dir=str(map_dir) if map_dir.is_dir() else None,
+                       config_file=str(folder / config_file) if config_file else None)
 
     def load(self, name: str) -> LoadedMap:
         loaded = load_map(self.spec(name))
@@ -170,23 +177,53 @@ class MapStore:
             raise MapStoreError(f"map {name!r} was built on {expected} places; its reference now has {loaded.n_places}")
         return loaded
 
-    def save(self, name: str, method: PlaceMethod, source: ReferenceSource, n_places: int,
-             config_file: str | None = None) -> Path:
-        """Write a built map as ``<store>/<name>``: into a temporary folder first, then renamed into place."""
+    def begin(self, name: str) -> Path:
+        """A new, empty staging folder for map ``name`` (hidden from :meth:`names`); :meth:`commit` or :meth:`abort` it."""
+        check_name(name)
+        self.root.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{name}.", dir=self.root))
+
+    def write(self, staging: Path, method: PlaceMethod, source: ReferenceSource, n_places: int,
+              config_file: str | None = None) -> None:
+        """The built ``method``'s map (if it saves one) and ``service.json`` into ``staging``, manifest last."""
+        if type(method).saves_maps:
+            method.save_map(staging / MAP_FOLDER)
+        manifest = {"format": FORMAT, "method": method.name, "config_file": config_file, "n_places": n_places,
+                    "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    "source": dataclasses.asdict(source)}
+        (staging / SERVICE_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+
+    def commit(self, staging: Path, name: str) -> Path:
+        """Rename a complete staging folder to ``<store>/<name>``: the map appears whole or not at all."""
         target = self.root / check_name(name)
         if target.exists():
             raise MapStoreError(f"map {name!r} already exists in {self.root}")
-        self.root.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=self.root))
-        try:
-            if type(method).saves_maps:
-                method.save_map(staging / MAP_FOLDER)
-            manifest = {"format": FORMAT, "method": method.name, "config_file": config_file, "n_places": n_places,
-                        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                        "source": dataclasses.asdict(source)}
-            (staging / SERVICE_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
-            os.rename(staging, target)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+        if not (staging / SERVICE_FILE).is_file():
+            raise MapStoreError(f"staging folder {staging} has no {SERVICE_FILE}: the map is incomplete")
+        os.rename(staging, target)
         return target
+
+    def abort(self, staging: Path) -> None:
+        shutil.rmtree(staging, ignore_errors=True)
+
+    def delete(self, name: str) -> None:
+        """Remove map ``name``: renamed to a hidden folder first (so an interrupted delete leaves no half map)."""
+        target = self.root / check_name(name)
+        if not (target / SERVICE_FILE).is_file():
+            raise MapStoreError(f"no map {name!r} in {self.root}")
+        trash = Path(tempfile.mkdtemp(prefix=f".{name}.deleted.", dir=self.root))
+        os.rename(target, trash / name)
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def save(self, name: str, method: PlaceMethod, source: ReferenceSource, n_places: int,
+             config_file: str | None = None) -> Path:
+        """Write a built map as ``<store>/<name>``: into a temporary folder first, then renamed into place."""
+        if (self.root / check_name(name)).exists():
+            raise MapStoreError(f"map {name!r} already exists in {self.root}")
+        staging = self.begin(name)
+        try:
+            self.write(staging, method, source, n_places, config_file)
+            return self.commit(staging, name)
+        except BaseException:
+            self.abort(staging)
+            raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, Field
@@ -60,3 +61,44 @@ class SessionInfo(BaseModel):
     sequence_length: int
     mode: str
     idle_timeout_seconds: float
+
+
+class MapSourceBody(BaseModel):
+    """A registered dataset's traverse to build a map of (``spikebot vpr datasets`` lists them)."""
+
+    dataset: str = Field(description="Registered dataset name (``demo`` needs no data).")
+    reference: str | None = Field(None, description="Traverse of the dataset; its default reference when omitted.")
+    split: Literal["all", "calibration", "test"] = "all"
+
+
+class MapBuildOptions(BaseModel):
+    name: str = Field(description="Name of the new map: letters, digits, '_', '-', '.', at most 64, not starting "
+                      "with '_', '-' or '.'.", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    method: str = Field("sad", description="A place-recognition method: sad, snn-ensemble, snn-modular, netvlad, "
+                        "gem, densevlad (sad builds in about a second; spiking methods train for minutes).")
+    config: dict | None = Field(None, description="Spiking methods only: an ensemble configuration (the JSON "
+                                "`spikebot vpr calibrate` writes); the method's defaults when omitted.")
+
+
+class MapCreate(MapBuildOptions):
+    """Build a map of a registered dataset's traverse (JSON). Uploaded images: multipart/form-data instead."""
+
+    source: MapSourceBody
+
+
+class Job(BaseModel):
+    """A background job. Jobs live in the service's memory: they are forgotten on restart (maps are not)."""
+
+    id: str
+    kind: Literal["build_map"]
+    map: str = Field(description="The map the job builds.")
+    state: Literal["queued", "running", "succeeded", "failed"]
+    progress: float = Field(ge=0, le=1, description="Fraction done, 0..1 (1 when succeeded).")
+    message: str = Field(description="What the job is doing, or why it failed.")
+    created: datetime
+    started: datetime | None = None
+    finished: datetime | None = None
+
+
+class JobList(BaseModel):
+    jobs: list[Job]

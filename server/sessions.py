@@ -79,3 +79,11 @@ class SessionStore:
     def delete(self, session_id: str) -> bool:
         with self._lock:
             return self._sessions.pop(session_id, None) is not None
+
+    def delete_map(self, map_name: str) -> int:
+        """Forget every session on map ``map_name`` (the map was deleted); returns how many."""
+        with self._lock:
+            gone = [sid for sid, s in self._sessions.items() if s.map_name == map_name]
+            for sid in gone:
+                del self._sessions[sid]
+        return len(gone)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from pathlib import Path
 
 from pydantic import Field, model_validator
@@ -21,6 +22,13 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one), at least 1."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
 class ServiceSettings(BaseSettings):
     """Everything the localisation service is configured by; each field is also ``SPIKEBOT_<FIELD>``.
 
@@ -37,7 +45,11 @@ class ServiceSettings(BaseSettings):
     api_keys: list[str] = Field(default_factory=list, description="Accepted X-API-Key values; empty = no auth.")
     max_body_bytes: int = Field(8 * 2**20, gt=0, description="Larger request bodies get 413 body_too_large.")
     max_image_pixels: int = Field(4096 * 4096, gt=0, description="Larger images get 413 image_too_large.")
-    max_concurrency: int = Field(4, ge=1, description="Localisations in flight; more get 503 + Retry-After.")
+    max_concurrency: int = Field(
+        default_factory=available_cores, ge=1,
+        description="Localisations in flight; more get 503 + Retry-After. Defaults to the usable CPU cores: each "
+        "localisation is CPU-bound, so more slots than cores only slow every request (on 2 cores, 2 slots gave half "
+        "the latency of 4 at the same throughput; docs/benchmarks.md).")
     retry_after_seconds: int = Field(1, ge=0)
     max_top_k: int = Field(50, ge=1)
     max_sessions: int = Field(1000, ge=1)
@@ -45,6 +57,15 @@ class ServiceSettings(BaseSettings):
     session_idle_seconds: float = Field(300.0, gt=0, description="Sessions unused this long are forgotten.")
     request_timeout_seconds: float = Field(10.0, gt=0, description="Longer localisations get 504 timeout.")
     shutdown_grace_seconds: float = Field(10.0, ge=0, description="uvicorn's timeout_graceful_shutdown.")
+    map_build_workers: int = Field(
+        1, ge=1, description="Map builds (POST /v1/maps) run at once; later ones wait in a queue. Builds are "
+        "CPU-heavy: keep this low so that localisation keeps its cores.")
+    max_queued_builds: int = Field(4, ge=0, description="Builds waiting for a worker; more get 503 too_many_jobs.")
+    max_upload_images: int = Field(5000, ge=1, description="Reference images one POST /v1/maps may upload.")
+    max_upload_bytes: int = Field(
+        512 * 2**20, gt=0, description="Body limit of POST /v1/maps (uploaded reference images; spooled to disk); "
+        "other requests keep max_body_bytes.")
+    max_finished_jobs: int = Field(100, ge=1, description="Finished jobs remembered (in memory: forgotten on restart).")
 
     @model_validator(mode="after")
     def _keys_when_exposed(self) -> ServiceSettings:

@@ -282,3 +282,77 @@ def test_map_store_round_trip(tmp_path, demo_map, queries):
         assert client.get("/v1/maps").json()["maps"] == [{"name": "route", "method": "sad", "n_places": 240}]
         response = client.post("/v1/maps/route/localize", content=encode(queries[2]), headers={"content-type": "image/png"})
         assert response.json()["place"] == int(np.argmin(demo_map.distance_row(queries[2])))
+
+
+class SlowMap:
+    """The demo map behind a ``distance_row`` that first sleeps ``delay`` seconds; ``finished`` counts the rows done."""
+
+    def __init__(self, loaded: LoadedMap, delay: float):
+        self.loaded, self.delay, self.finished = loaded, delay, 0
+
+    def __getattr__(self, attribute):
+        return getattr(self.loaded, attribute)
+
+    def distance_row(self, image: np.ndarray) -> np.ndarray:
+        time.sleep(self.delay)
+        row = self.loaded.distance_row(image)
+        self.finished += 1
+        return row
+
+
+def test_slow_localisation_gets_504_and_its_slot_comes_back(demo_map, queries):
+    slow = SlowMap(demo_map, delay=1.0)
+    settings = ServiceSettings(request_timeout_seconds=0.2, max_concurrency=1)
+    with TestClient(create_app(settings, maps=[Ready(slow)])) as client:
+        wait_ready(client)
+        started = time.perf_counter()
+        assert_error(post_image(client, encode(queries[0])), 504, "timeout")
+        assert time.perf_counter() - started < 0.9  # answered at the deadline, not when the work ended
+        assert client.get("/healthz").status_code == 200
+        # the abandoned worker still holds the only slot until its row is done: refused at once, not queued
+        assert_error(post_image(client, encode(queries[0])), 503, "overloaded")
+        deadline = time.monotonic() + 5
+        while slow.finished < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert slow.finished == 1, "the abandoned localisation never finished"
+        slow.delay = 0.0
+        for _ in range(50):  # the slot is released just after the row; allow the worker a moment to get there
+            response = post_image(client, encode(queries[0]))
+            if response.status_code != 503:
+                break
+            time.sleep(0.02)
+        assert response.status_code == 200 and response.json()["place"] == best_place(queries[0])
+        assert_healthy(client, queries)
+
+
+def test_oversized_multipart_uploads_get_413(demo_map, queries):
+    with make_client(demo_map, max_body_bytes=200_000, max_image_pixels=100_000) as client:
+        wait_ready(client)
+        big = {"image": ("q.png", b"\x89PNG" + b"x" * 300_000, "image/png")}
+        assert_error(client.post("/v1/maps/demo/localize", files=big), 413, "body_too_large")  # by Content-Length
+        request = client.build_request("POST", "/v1/maps/demo/localize", files=big)
+        body, content_type = request.read(), request.headers["content-type"]
+
+        def chunks():  # no Content-Length: the limit must hold while the body streams in
+            for start in range(0, len(body), 65536):
+                yield body[start:start + 65536]
+
+        streamed = client.post("/v1/maps/demo/localize", content=chunks(), headers={"content-type": content_type})
+        assert "content-length" not in streamed.request.headers
+        assert_error(streamed, 413, "body_too_large")
+        bomb = {"image": ("q.png", png_claiming(100_000, 100_000), "image/png")}
+        assert_error(client.post("/v1/maps/demo/localize", files=bomb), 413, "image_too_large")
+        too_many_pixels = {"image": ("q.png", encode(np.zeros((400, 400), dtype=np.uint8)), "image/png")}
+        assert_error(client.post("/v1/maps/demo/localize", files=too_many_pixels), 413, "image_too_large")
+        assert_healthy(client, queries)
+
+
+def test_max_concurrency_defaults_to_the_usable_cores(monkeypatch):
+    import os
+
+    monkeypatch.delenv("SPIKEBOT_MAX_CONCURRENCY", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    assert ServiceSettings().max_concurrency == 3
+    monkeypatch.delattr(os, "sched_getaffinity", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: None)
+    assert ServiceSettings().max_concurrency == 1
