@@ -41,8 +41,9 @@ def main() -> None:
         size, patch = text.split(":")
         width, height = (int(value) for value in size.lower().split("x"))
         config = PreprocessConfig(width, height, "pixel", int(patch))
-        reference_images, query_images = (preprocess(t, config).reshape(len(t), -1) for t in images)
+        reference_images, query_images = (preprocess(t, config) for t in images)
         reference_rates, query_rates = image_rates(reference_images).numpy(), image_rates(query_images).numpy()
+        reference_images, query_images = (i.reshape(len(i), -1) for i in (reference_images, query_images))
         scores[text] = template_scores(reference_rates, query_rates)
         ceiling = recall_at_n(-scores[text], data.ground_truth, (1,))[1]
         on_off = recall_at_n(-template_scores(on_off_rates(reference_images), on_off_rates(query_images)), data.ground_truth, (1,))[1]
