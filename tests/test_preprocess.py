@@ -109,3 +109,6 @@ def test_preprocess_is_the_unshifted_view():
     views = preprocess_views(images, config, max_shift=2)
     assert views.shape == (3, 25, 12, 16)
     np.testing.assert_array_equal(views[:, 0], preprocess(images, config))
+    # bit for bit the plain composition, so that maps fingerprinted before views existed still match
+    direct = patch_normalise_pixel(np.stack([resize(to_grayscale(image), 16, 12) for image in images]), 5)
+    np.testing.assert_array_equal(preprocess(images, config), direct)

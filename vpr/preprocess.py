@@ -139,7 +139,8 @@ def shifted_views(images: np.ndarray, max_shift: int) -> np.ndarray:
         rows = np.clip(np.arange(height) - dy, 0, height - 1)
         columns = np.clip(np.arange(width) - dx, 0, width - 1)
         views.append(images[:, rows][:, :, columns])
-    return np.stack(views, axis=1)
+    # C order: the patch statistics' float sums depend on memory layout, and maps are fingerprinted by them.
+    return np.ascontiguousarray(np.stack(views, axis=1))
 
 
 def preprocess_views(images: Iterable[np.ndarray], config: PreprocessConfig, max_shift: int) -> np.ndarray:
