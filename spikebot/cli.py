@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from policy.cli import policy
 from server.cli import serve
 from spikebot.provenance import __version__
 from vpr.cli import vpr
@@ -16,4 +17,5 @@ def main() -> None:
 
 
 main.add_command(vpr)
+main.add_command(policy)
 main.add_command(serve)
