@@ -287,6 +287,97 @@ def benchmark_command(protocols, methods, variants, config_file, ablation, seq_l
     _run_guarded(run)
 
 
+TRACK_ENV_OPTIONS = ("obs_size", "speed", "start", "odometry_noise", "wrong_penalty")
+
+
+def _parse_env_options(context, parameter, values):
+    """``KEY=VALUE`` strings -> RouteLocalization-v0 arguments; VALUE is read as JSON when it parses (``obs_size=[48,64]``,
+    ``speed=1.2``), else as text (``start=random``)."""
+    parsed = {}
+    for value in values:
+        key, separator, text = value.partition("=")
+        if not separator or key not in TRACK_ENV_OPTIONS:
+            raise click.BadParameter(f"{value!r}: expected KEY=VALUE with KEY one of {', '.join(TRACK_ENV_OPTIONS)} "
+                                     "(the dataset, speed profile and step limit have their own options)")
+        try:
+            parsed[key] = json.loads(text)
+        except json.JSONDecodeError:
+            parsed[key] = text
+        if key == "obs_size" and isinstance(parsed[key], list):
+            parsed[key] = tuple(parsed[key])
+    return parsed
+
+
+def _parse_velocities(context, parameter, value):
+    if value is None:
+        return None
+    try:
+        low, high, steps = value.split(":")
+        return float(low), float(high), int(steps)
+    except ValueError as error:
+        raise click.BadParameter(f"{value!r}: expected MIN:MAX:STEPS such as 0.4:1.6:13 ({error})") from error
+
+
+@vpr.command("track")
+@with_options(dataset_options)
+@with_options(method_options)
+@click.option("--seq-len", type=click.IntRange(min=1), default=10, show_default=True, help="Sequence length L of the online matcher.")
+@click.option("--seq-mode", type=click.Choice(["diagonal", "seqslam"]), default="diagonal", show_default=True)
+@click.option("--velocities", callback=_parse_velocities, metavar="MIN:MAX:STEPS",
+              help="seqslam: the velocities searched, in reference places per step [default: 0.4:1.6:13, the range "
+                   "of the varying speed profile].")
+@click.option("--threshold", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Confidence below which the agent says 'unsure' (0: always answers).")
+@click.option("--speed-profile", type=click.Choice(["constant", "varying", "stops", "reversals", "random"]), default="random",
+              show_default=True, help="How the robot drives; 'random' draws one per episode.")
+@click.option("--episodes", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--max-steps", type=click.IntRange(min=1), help="Truncate episodes after this many steps (default: the route's end).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Episode i is reset with seed SEED + i.")
+@click.option("--env-option", "env_options", multiple=True, callback=_parse_env_options, metavar="KEY=VALUE",
+              help=f"Other environment arguments, repeatable: {', '.join(TRACK_ENV_OPTIONS)}.")
+@click.option("--window", type=click.IntRange(min=1), default=20, show_default=True, help="Steps per accuracy-over-time window.")
+@click.option("--out", type=click.Path(file_okay=False), default="runs/track", show_default=True)
+def track_command(dataset, reference, query, ground_truth, tolerance, split, data_root, method, config_file, map_dir, model_dir,
+                  seq_len, seq_mode, velocities, threshold, speed_profile, episodes, max_steps, seed, env_options, window, out):
+    """Drive EPISODES along the query traverse (spikebot/RouteLocalization-v0) with METHOD and an online sequence
+    matcher as the agent: accuracy over time, precision at the threshold, latency per step; writes results.json and
+    track.png (true vs estimated place) to OUT."""
+    import gymnasium
+
+    from vpr.agents import PlaceAgent
+    from vpr.envs import ROUTE_LOCALIZATION
+    from vpr.track import run_episodes, write_track
+
+    if velocities is not None and seq_mode != "seqslam":
+        raise click.UsageError("--velocities applies to --seq-mode seqslam")
+
+    def run():
+        data = _load_dataset(dataset, reference, query, ground_truth, tolerance, split, data_root)
+        low, high, steps = velocities or (0.4, 1.6, 13)
+        sequence = (SequenceConfig(seq_len, "seqslam", min_velocity=low, max_velocity=high, velocity_steps=steps)
+                    if seq_mode == "seqslam" else SequenceConfig(seq_len))
+        env = gymnasium.make(ROUTE_LOCALIZATION, dataset=data, speed_profile=speed_profile, max_episode_steps=max_steps,
+                             **env_options)
+        agent = PlaceAgent(_make_method(method, config_file, map_dir, model_dir=model_dir), sequence, threshold)
+        agent.build_map(env.unwrapped.reference_frames())
+        records = run_episodes(env, agent, episodes, seed)
+        config = {"env": ROUTE_LOCALIZATION, "dataset": {"name": data.name, **data.info}, "agent": agent.describe(),
+                  "speed_profile": speed_profile, "env_options": env_options, "episodes": episodes, "max_steps": max_steps,
+                  "seed": seed, "obs_size": list(env.unwrapped.obs_size)}
+        result = write_track(records, config, out, f"{agent.name} on {data.name}, {speed_profile} speed", window)
+        metrics = result["metrics"]
+        precision = "-" if metrics["precision"] is None else f"{metrics['precision']:.3f}"
+        click.echo(f"{agent.name} on {data.name}, {episodes} episodes, {metrics['steps']} steps: accuracy "
+                   f"{metrics['accuracy']:.3f}; precision {precision} at threshold {threshold} (coverage "
+                   f"{metrics['coverage']:.3f}); latency p50 {metrics['latency_ms']['p50']:.2f} ms, p95 "
+                   f"{metrics['latency_ms']['p95']:.2f} ms per step")
+        for kind, row in metrics["by_speed_profile"].items():
+            click.echo(f"    {kind}: accuracy {row['accuracy']:.3f} over {row['steps']} steps ({row['episodes']} episodes)")
+        click.echo(f"results written to {Path(out).resolve()}")
+
+    _run_guarded(run)
+
+
 vpr.add_command(train_netvlad)
 vpr.add_command(train_gem)
 
