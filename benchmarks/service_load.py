@@ -12,7 +12,9 @@ slept through are *missed* (not sent), as a camera would drop them. Latency is c
 
 Reports p50/p95/p99/max latency, throughput (ok replies per second of the run), errors by status/code, the
 server's RSS (``/proc/<pid>/status`` VmRSS of the server it started: before the load and the peak during it) and
-the server's own stage timings (``server_timing`` of the replies). ``--floor`` also measures, in-process, a bare
+the server's own stage timings (``server_timing`` of the replies), and the sizes of the batches the server's
+method was called with (its ``spikebot_batch_size`` metric, read before and after the load; ``--max-batch``,
+``--max-batch-wait-ms`` and ``--torch-threads`` set the started server's batching). ``--floor`` also measures, in-process, a bare
 exact inner-product search (``faiss.IndexFlatIP``) over random unit descriptors of the same number of places
 (``--floor-dim``, default 4096 like NetVLAD) paced at the same total request rate, so the report says how far
 the served method is from the floor. Prints a markdown header and table; ``--json PATH`` keeps the numbers.
@@ -54,6 +56,15 @@ def rss_mb(pid: int) -> float | None:
     return None
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid`` so far (``/proc/<pid>/stat``), all its threads."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -72,7 +83,9 @@ def fmt(value, digits: int = 1) -> str:
 
 def start_server(args, port: int, log_path: Path) -> subprocess.Popen:
     command = [str(Path(sys.executable).with_name("spikebot")), "serve", "--port", str(port), "--log-level", "warning",
-               "--name", args.map_name, "--split", args.split, "--max-concurrency", str(args.max_concurrency)]
+               "--name", args.map_name, "--split", args.split]
+    if args.max_concurrency is not None:
+        command += ["--max-concurrency", str(args.max_concurrency)]
     if args.map:
         command += ["--map", args.map]
     command += ["--method", args.method, "--dataset", args.dataset]
@@ -82,9 +95,57 @@ def start_server(args, port: int, log_path: Path) -> subprocess.Popen:
         command += ["--config", args.config]
     if args.data_root:
         command += ["--data-root", args.data_root]
-    print(f"# server: {shlex.join(command)}  (log {log_path})", file=sys.stderr)
+    env = dict(os.environ)
+    for option, variable in (("max_batch", "SPIKEBOT_MAX_BATCH"), ("max_batch_wait_ms", "SPIKEBOT_MAX_BATCH_WAIT_MS"),
+                             ("torch_threads", "SPIKEBOT_TORCH_THREADS")):
+        if getattr(args, option) is not None:
+            env[variable] = str(getattr(args, option))
+    settings = " ".join(f"{k}={v}" for k, v in env.items() if k.startswith("SPIKEBOT_") and k != "SPIKEBOT_DATA")
+    print(f"# server: {settings + ' ' if settings else ''}{shlex.join(command)}  (log {log_path})", file=sys.stderr)
     log = open(log_path, "w")  # noqa: SIM115 (the server process writes it until it ends)
-    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+
+
+def batch_histogram(url: str, map_name: str) -> dict:
+    import httpx
+
+    return parse_batch_histogram(httpx.get(url + "/metrics", timeout=5).text, map_name)
+
+
+def parse_batch_histogram(text: str, map_name: str) -> dict:
+    """The ``spikebot_batch_size`` histogram of ``map_name`` in a /metrics text: cumulative count by upper bound
+    (``inf`` included) and ``"sum"``; empty if the server has no such metric."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    counts: dict = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != "spikebot_batch_size":
+            continue
+        for sample in family.samples:
+            if sample.labels.get("map") != map_name:
+                continue
+            if sample.name.endswith("_bucket"):
+                counts[float(sample.labels["le"])] = sample.value
+            elif sample.name.endswith("_sum"):
+                counts["sum"] = sample.value
+    return counts
+
+
+def batch_summary(before: dict, after: dict) -> dict | None:
+    """Batches during the load: how many, mean size, and the bucket bounds holding the median and the 95th
+    percentile of batch sizes (from the histogram's buckets, so upper bounds)."""
+    if not after or float("inf") not in after:
+        return None
+    cumulative = {k: after[k] - before.get(k, 0.0) for k in after if k != "sum"}
+    n = cumulative[float("inf")]
+    if n <= 0:
+        return {"batches": 0, "mean": None, "p50_at_most": None, "p95_at_most": None, "max_at_most": None}
+
+    def bound(q: float) -> float:
+        return next(le for le in sorted(cumulative) if cumulative[le] >= q * n)
+
+    return {"batches": int(n), "mean": (after["sum"] - before.get("sum", 0.0)) / n,
+            "p50_at_most": bound(0.5), "p95_at_most": bound(0.95), "max_at_most": bound(1.0)}
 
 
 def wait_ready(url: str, process: subprocess.Popen | None, timeout: float) -> None:
@@ -122,24 +183,75 @@ class Stats:
         self.timing: dict[str, list[float]] = collections.defaultdict(list)
         self.sent = self.late = self.missed = 0
         self.sessions: list[str] = []
+        self.raw_clients: list = []
         self.first_ok = self.last_ok = None
 
 
-async def one_request(http, url: str, body: bytes, content_type: str, session_id: str, stats: Stats) -> None:
-    import httpx
+class RawClient:
+    """A minimal HTTP/1.1 client for the localize requests: keep-alive connections on loopback, one request at a
+    time per connection, Content-Length bodies only (what the service sends). About a tenth of httpx's CPU per
+    request, which matters when the client shares two cores with the server it measures; ``--client httpx``
+    measures with httpx instead."""
 
-    t0 = time.perf_counter()
-    try:
-        response = await http.post(url, content=body, headers={"content-type": content_type, "X-Session-Id": session_id})
-        payload = response.json() if response.headers.get("content-type", "").startswith("application/json") else None
-    except httpx.TimeoutException:
-        stats.errors["timeout (client)"] += 1
-        return
-    except httpx.TransportError as error:
-        stats.errors[f"transport {type(error).__name__}"] += 1
-        return
-    elapsed = time.perf_counter() - t0
-    if response.status_code == 200 and payload is not None:
+    IDLE_S = 2.0
+    """Idle connections older than this are closed, not reused: the server closes idle keep-alive connections
+    (uvicorn after 5 s), and a request written into one that is closing would fail."""
+
+    def __init__(self, url: str, timeout: float):
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        self.host, self.port, self.timeout = parts.hostname, parts.port or 80, timeout
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
+
+    async def _connection(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        now = time.monotonic()
+        while self.idle:
+            reader, writer, since = self.idle.pop()
+            if now - since < self.IDLE_S and not reader.at_eof():
+                return reader, writer
+            writer.close()
+        return await asyncio.open_connection(self.host, self.port)
+
+    async def post(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, str, bytes]:
+        """(status, content type, body); raises TimeoutError or OSError (the connection is then dropped)."""
+        reader, writer = await self._connection()
+        try:
+            head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+            writer.write(f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\n{head}Content-Length: {len(body)}\r\n\r\n"
+                         .encode() + body)
+            status, content_type, payload, keep = await asyncio.wait_for(self._response(reader), self.timeout)
+        except BaseException:
+            writer.close()
+            raise
+        if keep:
+            self.idle.append((reader, writer, time.monotonic()))
+        else:
+            writer.close()
+        return status, content_type, payload
+
+    @staticmethod
+    async def _response(reader: asyncio.StreamReader) -> tuple[int, str, bytes, bool]:
+        lines = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        fields = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+        payload = await reader.readexactly(int(fields.get("content-length", "0")))
+        return status, fields.get("content-type", ""), payload, fields.get("connection", "").lower() != "close"
+
+    async def close(self) -> None:
+        for _, writer, _ in self.idle:
+            writer.close()
+        self.idle.clear()
+
+
+def record_reply(stats: Stats, status: int, content_type: str, body: bytes, elapsed: float) -> None:
+    payload = None
+    if content_type.startswith("application/json"):
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            pass
+    if status == 200 and payload is not None:
         stats.latencies.append(elapsed * 1e3)
         for key, value in payload.get("server_timing", {}).items():
             stats.timing[key].append(value)
@@ -152,14 +264,35 @@ async def one_request(http, url: str, body: bytes, content_type: str, session_id
             code = payload["error"]["code"]
         except (TypeError, KeyError):
             pass
-        stats.errors[f"{response.status_code} {code}"] += 1
+        stats.errors[f"{status} {code}"] += 1
 
 
-async def robot(index: int, http, args, frames: list[bytes], start: float, stats: Stats, tasks: set) -> None:
+async def one_request(http, url: str, body: bytes, content_type: str, session_id: str, stats: Stats) -> None:
+    import httpx
+
+    headers = {"content-type": content_type, "X-Session-Id": session_id}
+    t0 = time.perf_counter()
+    try:
+        if isinstance(http, RawClient):
+            status, reply_type, reply = await http.post(url, body, headers)
+        else:
+            response = await http.post(url, content=body, headers=headers)
+            status, reply_type, reply = response.status_code, response.headers.get("content-type", ""), response.content
+    except (httpx.TimeoutException, TimeoutError):
+        stats.errors["timeout (client)"] += 1
+        return
+    except (httpx.TransportError, OSError, asyncio.IncompleteReadError, ValueError) as error:
+        stats.errors[f"transport {type(error).__name__}"] += 1
+        return
+    record_reply(stats, status, reply_type, reply, time.perf_counter() - t0)
+
+
+async def robot(index: int, http, args, frames: list[bytes], start: float, stats: Stats, tasks: set, url: str) -> None:
     period = 1.0 / args.rate_hz
     n_ticks = round(args.duration * args.rate_hz)
     offset = (index * len(frames)) // args.robots
-    url = f"/v1/maps/{args.map_name}/localize"
+    path = f"/v1/maps/{args.map_name}/localize"
+    localizer = RawClient(url, args.timeout) if args.client == "raw" else http
     response = await http.post("/v1/sessions", json={"map": args.map_name, "sequence_length": args.sequence_length})
     if response.status_code != 201:
         stats.errors[f"session {response.status_code}"] += 1
@@ -186,12 +319,14 @@ async def robot(index: int, http, args, frames: list[bytes], start: float, stats
             stats.late += 1
         body = frames[(offset + tick) % len(frames)]
         content_type = "image/png" if body.startswith(b"\x89PNG") else "image/jpeg"
-        task = asyncio.create_task(one_request(http, url, body, content_type, session_id, stats))
+        task = asyncio.create_task(one_request(localizer, path, body, content_type, session_id, stats))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
         stats.sent += 1
         tick += 1
     stats.sessions.append(session_id)
+    if isinstance(localizer, RawClient):
+        stats.raw_clients.append(localizer)
 
 
 async def run_load(args, url: str, frames: list[bytes]) -> tuple[Stats, float]:
@@ -202,10 +337,12 @@ async def run_load(args, url: str, frames: list[bytes]) -> tuple[Stats, float]:
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=args.robots * 4)
     async with httpx.AsyncClient(base_url=url, timeout=args.timeout, limits=limits) as http:
         start = time.perf_counter() + 1.0
-        await asyncio.gather(*(robot(i, http, args, frames, start, stats, tasks) for i in range(args.robots)))
+        await asyncio.gather(*(robot(i, http, args, frames, start, stats, tasks, url) for i in range(args.robots)))
         if tasks:
             await asyncio.wait(set(tasks), timeout=args.timeout + 1)
         wall = time.perf_counter() - start
+        for client in stats.raw_clients:
+            await client.close()
         for session_id in stats.sessions:
             try:
                 await http.delete(f"/v1/sessions/{session_id}")
@@ -266,8 +403,15 @@ def main(argv=None) -> int:
     parser.add_argument("--split", default="all", choices=["all", "calibration", "test"])
     parser.add_argument("--data-root", help="Where registered datasets live (default SPIKEBOT_DATA).")
     parser.add_argument("--sequence-length", type=int, default=5, help="Each robot's session sequence length.")
-    parser.add_argument("--max-concurrency", type=int, default=4, help="The started server's --max-concurrency.")
+    parser.add_argument("--max-concurrency", type=int, default=None,
+                        help="The started server's --max-concurrency (default: the server's own default).")
+    parser.add_argument("--max-batch", type=int, default=None, help="The started server's max_batch.")
+    parser.add_argument("--max-batch-wait-ms", type=float, default=None, help="The started server's max_batch_wait_ms.")
+    parser.add_argument("--torch-threads", type=int, default=None, help="The started server's torch_threads.")
     parser.add_argument("--timeout", type=float, default=10.0, help="Client timeout per request (s).")
+    parser.add_argument("--client", choices=["raw", "httpx"], default="raw",
+                        help="HTTP client of the localize requests: a minimal keep-alive HTTP/1.1 client (raw, about a "
+                        "tenth of httpx's CPU) or httpx (what earlier measurements used).")
     parser.add_argument("--late-ms", type=float, default=5.0, help="A send this late after its slot counts late.")
     parser.add_argument("--ready-timeout", type=float, default=900.0, help="Seconds to wait for the server's map.")
     parser.add_argument("--floor", action="store_true", help="Also measure the faiss IndexFlatIP floor.")
@@ -301,6 +445,9 @@ def main(argv=None) -> int:
         if info is None:
             raise SystemExit(f"map {args.map_name!r} not served (maps: {[m['name'] for m in maps]})")
         rss_before = rss_mb(process.pid) if process else None
+        batches_before = batch_histogram(url, args.map_name)
+        load_before = os.getloadavg()[0]
+        server_cpu_before, client_cpu_before = (cpu_seconds(process.pid) if process else None), cpu_seconds(os.getpid())
         peak = [rss_before or 0.0]
         stop = threading.Event()
 
@@ -316,6 +463,9 @@ def main(argv=None) -> int:
         stats, wall = asyncio.run(run_load(args, url, frames))
         stop.set()
         rss_after = rss_mb(process.pid) if process else None
+        server_cpu = cpu_seconds(process.pid) if process else None
+        client_cpu = cpu_seconds(os.getpid())
+        batches = batch_summary(batches_before, batch_histogram(url, args.map_name))
     finally:
         if process is not None:
             process.terminate()
@@ -338,6 +488,10 @@ def main(argv=None) -> int:
                           for k, v in stats.timing.items()},
         "rss_mb_ready": rss_before, "rss_mb_peak": peak[0] if process else None, "rss_mb_after": rss_after,
         "ready_s": ready_s, "max_concurrency": args.max_concurrency if process else None,
+        "max_batch": args.max_batch, "max_batch_wait_ms": args.max_batch_wait_ms, "torch_threads": args.torch_threads,
+        "batches": batches, "client": args.client, "load_average_before": load_before,
+        "server_cpu_s": server_cpu - server_cpu_before if server_cpu is not None and server_cpu_before is not None else None,
+        "client_cpu_s": client_cpu - client_cpu_before if client_cpu is not None and client_cpu_before is not None else None,
         "sequence_length": args.sequence_length,
     }
     floor_result = None
@@ -351,32 +505,48 @@ def main(argv=None) -> int:
     print(f"- machine: {cpu_model()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, "
           f"Python {platform.python_version()}")
     print(f"- command: `{command}`")
-    print(f"- server: {'started here, --max-concurrency ' + str(args.max_concurrency) if process else url}; "
-          f"map ready after {ready_s:.1f} s; sessions of {args.sequence_length} frames; client and server share "
-          "the machine")
+    given = {"max_concurrency": args.max_concurrency, "max_batch": args.max_batch,
+             "max_batch_wait_ms": args.max_batch_wait_ms, "torch_threads": args.torch_threads}
+    given = ", ".join(f"{k} {v:g}" for k, v in given.items() if v is not None) or "its defaults"
+    print(f"- server: {'started here with ' + given if process else url}; "
+          f"map ready after {ready_s:.1f} s; sessions of {args.sequence_length} frames; {args.client} client, "
+          f"sharing the machine with the server (1-min load average before the load {result['load_average_before']:.2f}, "
+          "other users of the machine included)")
     print()
     print("| method | places | robots x Hz | s | sent / planned | ok | errors | late | missed | ok req/s "
-          "| p50 ms | p95 ms | p99 ms | max ms | server total p50/p95 ms | describe p50/p95 | match p50/p95 "
-          "| decode p50 | RSS MB ready / peak |")
-    print("|" + "---|" * 19)
+          "| p50 ms | p95 ms | p99 ms | max ms | server total p50/p95 ms | describe p50/p95 | of which queue p50/p95 "
+          "| match p50/p95 | decode p50 | batches: n, mean size (p50/p95 at most) | RSS MB ready / peak |")
+    print("|" + "---|" * 21)
 
     def stage(name: str) -> str:
         s = st.get(name)
         return f"{fmt(s['p50'], 2)} / {fmt(s['p95'], 2)}" if s else "-"
 
+    def batch_cell() -> str:
+        if not batches:
+            return "-"
+        if not batches["batches"]:
+            return "0"
+        return (f"{batches['batches']}, {batches['mean']:.1f} ({batches['p50_at_most']:g}/"
+                f"{batches['p95_at_most']:g})")
+
     errors = sum(stats.errors.values())
     print(f"| {result['method']} | {result['n_places']} | {args.robots} x {args.rate_hz:g} | {args.duration:g} "
           f"| {stats.sent} / {planned} | {ok} | {errors} | {stats.late} | {stats.missed} "
           f"| {result['throughput']:.1f} | {fmt(result['p50'])} | {fmt(result['p95'])} | {fmt(result['p99'])} "
-          f"| {fmt(result['max'])} | {stage('total_ms')} | {stage('describe_ms')} | {stage('match_ms')} "
-          f"| {fmt(st.get('decode_ms', {}).get('p50'), 2)} | {fmt(rss_before, 0)} / {fmt(result['rss_mb_peak'], 0)} |")
+          f"| {fmt(result['max'])} | {stage('total_ms')} | {stage('describe_ms')} | {stage('queue_ms')} "
+          f"| {stage('match_ms')} | {fmt(st.get('decode_ms', {}).get('p50'), 2)} | {batch_cell()} "
+          f"| {fmt(rss_before, 0)} / {fmt(result['rss_mb_peak'], 0)} |")
     if floor_result:
         f = floor_result
         print(f"| floor: faiss IndexFlatIP, {f['dim']}-d random unit, in-process | {f['n_places']} "
               f"| {f['rate']:g} req/s total | {args.floor_duration or args.duration:g} | {f['n']} / {f['n']} "
               f"| {f['n']} | 0 | - | - | {f['throughput']:.1f} | {fmt(f['p50'], 2)} | {fmt(f['p95'], 2)} "
-              f"| {fmt(f['p99'], 2)} | {fmt(f['max'], 2)} | search p50 {fmt(f['search_p50'], 2)} | - | - | - | - |")
+              f"| {fmt(f['p99'], 2)} | {fmt(f['max'], 2)} | search p50 {fmt(f['search_p50'], 2)} | - | - | - | - | - "
+              "| - |")
     print()
+    print(f"- CPU during the load ({wall:.1f} s, {os.cpu_count()} cores): server {fmt(result['server_cpu_s'])} s, "
+          f"load client {fmt(result['client_cpu_s'])} s")
     if stats.errors:
         print("- errors by status/code: " + ", ".join(f"{k}: {v}" for k, v in sorted(stats.errors.items())))
     else:
@@ -388,7 +558,7 @@ def main(argv=None) -> int:
         slowest = max((k for k in st if k != "total_ms"), key=lambda k: st[k]["p50"] or 0)
         queue = (result["p50"] or 0) - (st["total_ms"]["p50"] or 0)
         print(f"- slowest server stage (p50): {slowest}; client p50 minus server total p50 = {queue:.1f} ms "
-              "(HTTP, queueing for the thread pool / concurrency slots, client CPU)")
+              "(HTTP, waiting for a worker thread, client CPU)")
     if floor_result and result["p50"] and floor_result["p50"]:
         print(f"- served p50 / floor p50 = {result['p50'] / floor_result['p50']:.0f}x; "
               f"served p99 / floor p99 = {result['p99'] / floor_result['p99']:.0f}x")

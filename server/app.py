@@ -7,9 +7,11 @@ JPEG/PNG image, raw or multipart field ``image``), ``/v1/sessions``, and the Web
 ``/v1/maps/{name}/stream`` (one JPEG/PNG per binary message, one JSON answer per frame, sequence matched within
 the connection; its protocol is :mod:`server.stream`'s docstring, appended to the OpenAPI description since
 OpenAPI has no WebSocket routes). Maps load in a worker thread after startup, so ``/readyz``
-answers 503 until they are ready. Decoding and describing images run in worker threads, never on the event
-loop; at most ``max_concurrency`` localisations run at once and further ones get 503 with Retry-After at once
-rather than queueing.
+answers 503 until they are ready. Decoding and matching run in worker threads, never on the event loop; the
+method's distances run on each map's batcher thread, one call for all the requests waiting (micro-batching,
+:mod:`server.batching`: at most ``max_batch`` images, waiting at most ``max_batch_wait_ms`` for company). At most
+``max_concurrency`` localisations are admitted at once (decoding, queued, in a batch or matching); further ones
+get 503 with Retry-After at once rather than queueing without bound.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Annotated, Any, Protocol
 
 import anyio
 import numpy as np
+import torch
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
 from PIL import Image, UnidentifiedImageError
 from prometheus_client import (
@@ -39,6 +42,7 @@ from prometheus_client import (
 from starlette.datastructures import UploadFile
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from server.batching import BatchStats, InOrder, MicroBatcher, Ticket
 from server.errors import (
     ServiceError,
     error_response,
@@ -92,6 +96,26 @@ class Metrics:
         self.streams = Gauge("spikebot_open_streams", "Open WebSocket localisation streams", registry=self.registry)
         self.stream_frames = Counter("spikebot_stream_frames", "WebSocket stream messages by outcome (ok or error code)",
                                      ["outcome"], registry=self.registry)
+        self.batch_size = Histogram("spikebot_batch_size", "Images per call of a map's method (micro-batching)", ["map"],
+                                    buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, 256), registry=self.registry)
+        self.batch_seconds = Histogram("spikebot_batch_seconds", "Duration of one batched call of a map's method",
+                                       ["map"], buckets=(0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1,
+                                                         0.25, 0.5, 1, 2.5, 5, 10), registry=self.registry)
+        self.queue_wait = Histogram("spikebot_batch_queue_seconds", "A request's wait from joining its map's queue to "
+                                    "the start of its batch", ["map"],
+                                    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5,
+                                             1, 2.5, 5, 10), registry=self.registry)
+        self.batch_failures = Counter("spikebot_batch_failures", "Batched calls of a map's method that raised (each "
+                                      "request of the batch got the error)", ["map"], registry=self.registry)
+
+    def observe_batch(self, map_name: str, batch: BatchStats) -> None:
+        self.batch_size.labels(map_name).observe(batch.size)
+        self.batch_seconds.labels(map_name).observe(batch.compute_s)
+        queue_wait = self.queue_wait.labels(map_name)
+        for seconds in batch.queue_s:
+            queue_wait.observe(seconds)
+        if batch.failed:
+            self.batch_failures.labels(map_name).inc()
 
 
 class BodyLimitMiddleware:
@@ -159,7 +183,8 @@ class MetricsMiddleware:
 
 
 class ServiceState:
-    """What the app holds: settings, loaded maps, sessions, metrics and the concurrency slots."""
+    """What the app holds: settings, loaded maps, sessions, metrics, the concurrency slots, each map's batcher and
+    the admission order of each session's frames."""
 
     def __init__(self, settings: ServiceSettings, sources: Sequence[MapSource]):
         self.settings = settings
@@ -170,6 +195,35 @@ class ServiceState:
         self.sessions = SessionStore(settings.session_idle_seconds, settings.max_sessions)
         self.metrics = Metrics()
         self.slots = threading.BoundedSemaphore(settings.max_concurrency)
+        self.order = InOrder()
+        self._batchers: dict[int, tuple[LoadedMap, MicroBatcher]] = {}  # by id(map): a replaced map keeps its own
+        self._batchers_lock = threading.Lock()
+
+    def batcher(self, loaded: LoadedMap) -> MicroBatcher:
+        """The batcher of ``loaded`` (made on first use). Requests that looked up a map before it was replaced or
+        deleted finish on that map's batcher; its thread exits when idle and :meth:`prune_batchers` forgets it."""
+        with self._batchers_lock:
+            entry = self._batchers.get(id(loaded))
+            if entry is None or entry[0] is not loaded:
+                settings = self.settings
+                batcher = MicroBatcher(loaded.distance_rows, max_batch=settings.max_batch,
+                                       max_wait_s=settings.max_batch_wait_ms / 1e3, name=loaded.name,
+                                       observe=lambda batch, name=loaded.name: self.metrics.observe_batch(name, batch))
+                entry = self._batchers[id(loaded)] = (loaded, batcher)
+            return entry[1]
+
+    def prune_batchers(self) -> None:
+        """Forget the batchers of maps no longer served (so that a deleted map's memory can be freed)."""
+        served = {id(m) for m in self.maps.values()}
+        with self._batchers_lock:
+            for key in [k for k in self._batchers if k not in served]:
+                del self._batchers[key]  # not closed: requests already queued there still get their rows
+
+    def close_batchers(self) -> None:
+        with self._batchers_lock:
+            batchers, self._batchers = [b for _, b in self._batchers.values()], {}
+        for batcher in batchers:
+            batcher.close()
 
     def load_maps(self) -> None:
         try:
@@ -267,19 +321,36 @@ async def read_image_body(request: Request, max_body_bytes: int) -> bytes:
                        f"Content-Type {content_type or 'missing'}: send image/jpeg, image/png or multipart/form-data")
 
 
-def localize_frame(state: ServiceState, loaded: LoadedMap, data: bytes, top_k: int,
-                   session: Session | None) -> Localization:
-    """Decode, describe, sequence-match within ``session`` (if any), rank: the one localisation that the HTTP route
-    and the WebSocket stream both run, in a worker thread (it blocks). Holds no slot: callers release theirs."""
+def localize_frame(state: ServiceState, loaded: LoadedMap, data: bytes, top_k: int, session: Session | None,
+                   ticket: Ticket | None = None) -> Localization:
+    """Decode, describe (in the map's next batch), sequence-match within ``session`` (if any), rank: the one
+    localisation that the HTTP route and the WebSocket stream both run, in a worker thread (it blocks until the
+    batch is done). Holds no slot: callers release theirs.
+
+    A session's rows join its sequence in the order of their tickets (``state.order``): the HTTP route takes the
+    ticket when it admits the request (``ticket``); without one (the WebSocket stream, whose frames start one at a
+    time, in message order, even when an earlier one was abandoned at its timeout) it is taken here, first."""
+    own_ticket = session is not None and ticket is None
+    if own_ticket:
+        ticket = state.order.admit(session.id)
+    try:
+        return _localize(state, loaded, data, top_k, session, ticket)
+    finally:
+        if own_ticket:
+            state.order.done(ticket)  # if the frame failed before its push (done is idempotent)
+
+
+def _localize(state: ServiceState, loaded: LoadedMap, data: bytes, top_k: int, session: Session | None,
+              ticket: Ticket | None) -> Localization:
     stages = state.metrics.stages
     t0 = time.perf_counter()
     image = decode_image(data, state.settings.max_image_pixels)
     t1 = time.perf_counter()
-    row = loaded.distance_row(image)
+    described = state.batcher(loaded).submit(image).result()
     t2 = time.perf_counter()
-    length = 1
+    row, length = described.row, 1
     if session is not None:
-        row, length = session.push(row)
+        row, length = push_in_order(state, session, row, ticket)
     best = int(np.argmin(row))
     k = min(top_k, row.size)
     ranked = np.argpartition(row, k - 1)[:k] if k < row.size else np.arange(row.size)
@@ -288,17 +359,63 @@ def localize_frame(state: ServiceState, loaded: LoadedMap, data: bytes, top_k: i
         place=best, score=-float(row[best]), confidence=confidence(row, best),
         top_k=[Match(place=int(i), distance=float(row[i])) for i in ranked], sequence_length=length,
         session_id=session.id if session is not None else None,
-        server_timing=ServerTiming(decode_ms=0, describe_ms=0, match_ms=0, total_ms=0))
+        server_timing=ServerTiming(decode_ms=0, queue_ms=0, describe_ms=0, match_ms=0, total_ms=0))
     t3 = time.perf_counter()
-    for stage, seconds in (("decode", t1 - t0), ("describe", t2 - t1), ("match", t3 - t2)):
+    for stage, seconds in (("decode", t1 - t0), ("queue", described.queue_s), ("describe", t2 - t1),
+                           ("match", t3 - t2)):
         stages.labels(stage).observe(seconds)
-    answer.server_timing = ServerTiming(decode_ms=(t1 - t0) * 1e3, describe_ms=(t2 - t1) * 1e3,
-                                        match_ms=(t3 - t2) * 1e3, total_ms=(t3 - t0) * 1e3)
+    answer.server_timing = ServerTiming(decode_ms=(t1 - t0) * 1e3, queue_ms=described.queue_s * 1e3,
+                                        describe_ms=(t2 - t1) * 1e3, match_ms=(t3 - t2) * 1e3, total_ms=(t3 - t0) * 1e3)
     return answer
 
 
-def localize_image(state: ServiceState, loaded: LoadedMap, data: bytes, top_k: int, session_id: str | None) -> Localization:
-    """Runs in a worker thread: the session by id, then :func:`localize_frame`. Releases the concurrency slot when done."""
+def push_in_order(state: ServiceState, session: Session, row: np.ndarray, ticket: Ticket | None) -> tuple[np.ndarray, int]:
+    """``session.push(row)`` in the ticket's turn: after every frame of the session admitted before it (rows of one
+    batch, or of consecutive batches, may come back in any order). The wait is bounded by the request timeout (by
+    then the waiting request has been answered 504 anyway); past it the row is pushed as it comes, with a warning."""
+    if ticket is None:
+        return session.push(row)
+    try:
+        if not state.order.wait(ticket, state.settings.request_timeout_seconds):
+            log.warning("session %s: an earlier frame did not finish within %s s; pushing out of order", session.id,
+                        state.settings.request_timeout_seconds)
+        return session.push(row)
+    finally:
+        state.order.done(ticket)
+
+
+class Admission:
+    """One admitted localisation's concurrency slot and session ticket, given back exactly once: by its worker
+    thread when it ends, or by the route when the worker never started (cancelled while waiting for a thread)."""
+
+    def __init__(self, state: ServiceState, ticket: Ticket | None):
+        self.state, self.ticket = state, ticket
+        self._lock = threading.Lock()
+        self._phase = "admitted"  # -> "running" -> "released", or straight to "released"
+
+    def start(self) -> bool:
+        """Called by the worker first: False if the route already gave everything back (then do nothing)."""
+        with self._lock:
+            if self._phase != "admitted":
+                return False
+            self._phase = "running"
+            return True
+
+    def release(self, only_if_not_started: bool = False) -> None:
+        with self._lock:
+            if self._phase == "released" or (only_if_not_started and self._phase == "running"):
+                return
+            self._phase = "released"
+        if self.ticket is not None:
+            self.state.order.done(self.ticket)
+        self.state.slots.release()
+
+
+def localize_image(state: ServiceState, loaded: LoadedMap, data: bytes, top_k: int, session_id: str | None,
+                   admission: Admission) -> Localization | None:
+    """Runs in a worker thread: the session by id, then :func:`localize_frame`. Gives the admission back when done."""
+    if not admission.start():
+        return None
     try:
         session = None
         if session_id is not None:
@@ -308,9 +425,9 @@ def localize_image(state: ServiceState, loaded: LoadedMap, data: bytes, top_k: i
             if session.map_name != loaded.name:
                 raise ServiceError(409, "session_map_mismatch",
                                    f"session {session_id!r} localises in map {session.map_name!r}, not {loaded.name!r}")
-        return localize_frame(state, loaded, data, top_k, session)
+        return localize_frame(state, loaded, data, top_k, session, admission.ticket)
     finally:
-        state.slots.release()
+        admission.release()
 
 
 LOCALIZE_BODY = {
@@ -352,15 +469,20 @@ def build_router(settings: ServiceSettings) -> APIRouter:
         data = await read_image_body(request, settings.max_body_bytes)
         if not state.slots.acquire(blocking=False):
             state.metrics.rejected.inc()
-            raise ServiceError(503, "overloaded", f"{settings.max_concurrency} localisations in flight; retry later",
-                               {"Retry-After": str(settings.retry_after_seconds)})
-        # the worker releases the slot when it finishes, even after a timeout abandons it
+            raise ServiceError(503, "overloaded", f"{settings.max_concurrency} localisations admitted (queued or "
+                               "running); retry later", {"Retry-After": str(settings.retry_after_seconds)})
+        # the session's frames join its sequence in this (admission) order, whatever order their rows come back in
+        admission = Admission(state, state.order.admit(x_session_id) if x_session_id is not None else None)
+        # the worker gives the admission back when it finishes, even after a timeout abandons it
         try:
             with anyio.fail_after(settings.request_timeout_seconds):
-                return await anyio.to_thread.run_sync(localize_image, state, loaded, data, top_k, x_session_id,
-                                                      abandon_on_cancel=True)
+                answer = await anyio.to_thread.run_sync(localize_image, state, loaded, data, top_k, x_session_id,
+                                                        admission, abandon_on_cancel=True)
         except TimeoutError as error:
             raise ServiceError(504, "timeout", f"localisation took over {settings.request_timeout_seconds} s") from error
+        finally:
+            admission.release(only_if_not_started=True)
+        return answer  # None only when cancelled before its worker started, and then nobody is answered
 
     @router.post("/sessions", response_model=SessionInfo, status_code=201, responses=responses(400, 401, 404, 422, 503))
     def create_session(body: SessionCreate, state: StateDep) -> SessionInfo:
@@ -408,12 +530,20 @@ def create_app(settings: ServiceSettings | None = None, maps: Sequence[MapSource
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        # each admitted localisation holds a worker thread while its batch runs: room for all of them, plus
+        # anyio's usual 40 for everything else (other routes, map loading)
+        limiter = anyio.to_thread.current_default_thread_limiter()
+        limiter.total_tokens = max(limiter.total_tokens, settings.max_concurrency + 40)
+        torch_threads = torch.get_num_threads()  # process-wide: given back at shutdown (tests run many apps)
+        torch.set_num_threads(settings.torch_threads)
         loader = asyncio.create_task(anyio.to_thread.run_sync(state.load_maps))
         sweeper = asyncio.create_task(_sweep_sessions(state))
         try:
             yield
         finally:
             builds.runner.close()
+            state.close_batchers()
+            torch.set_num_threads(torch_threads)
             sweeper.cancel()
             if not loader.done():
                 loader.cancel()
@@ -467,3 +597,4 @@ async def _sweep_sessions(state: ServiceState) -> None:
         await asyncio.sleep(interval)
         state.sessions.sweep()
         state.metrics.sessions.set(len(state.sessions))
+        state.prune_batchers()

@@ -22,6 +22,7 @@ import re
 import shutil
 import tempfile
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -100,19 +101,34 @@ def make_method(name: str, config_file: str | None = None, map_dir: str | None =
 
 
 class LoadedMap:
-    """A built PlaceMethod ready for queries. ``distance_row`` is serialised per map (methods are not promised to
-    be thread-safe); the service's concurrency limit bounds how many requests wait here."""
+    """A built PlaceMethod ready for queries. Calls into the method are serialised per map (methods are not promised
+    to be thread-safe); the service calls :meth:`distance_rows` from the map's one batcher thread
+    (:mod:`server.batching`), so the lock only matters for direct callers (tests, tools)."""
 
     def __init__(self, name: str, method: PlaceMethod, n_places: int, spec: MapSpec | None = None):
         self.name, self.method, self.n_places, self.spec = name, method, n_places, spec
         self._lock = threading.Lock()
 
     def distance_row(self, image: np.ndarray) -> np.ndarray:
+        """(n_places,) float32 distances of one image."""
         with self._lock:
-            row = np.asarray(self.method.distances([image]), dtype=np.float32)
-        if row.shape != (1, self.n_places):
-            raise RuntimeError(f"{self.method.name} gave distances of shape {row.shape}, expected (1, {self.n_places})")
-        return row[0]
+            rows = np.asarray(self.method.distances([image]), dtype=np.float32)
+        self._check(rows, 1)
+        return rows[0]
+
+    def distance_rows(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """(len(images), n_places) float32 distances: one call of the method's batched ``distances``. One image goes
+        through :meth:`distance_row` (so a test double that replaces it sees every single frame)."""
+        if len(images) == 1:
+            return self.distance_row(images[0])[None]
+        with self._lock:
+            rows = np.asarray(self.method.distances(list(images)), dtype=np.float32)
+        self._check(rows, len(images))
+        return rows
+
+    def _check(self, rows: np.ndarray, n: int) -> None:
+        if rows.shape != (n, self.n_places):
+            raise RuntimeError(f"{self.method.name} gave distances of shape {rows.shape}, expected ({n}, {self.n_places})")
 
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "method": self.method.name, "n_places": self.n_places}

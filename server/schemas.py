@@ -31,7 +31,9 @@ class Match(BaseModel):
 
 class ServerTiming(BaseModel):
     decode_ms: float
-    describe_ms: float = Field(description="The method's distance computation (describe + compare to the map).")
+    queue_ms: float = Field(0.0, description="Waiting for the map's next batch to start (part of describe_ms).")
+    describe_ms: float = Field(description="The method's distance computation (describe + compare to the map), "
+                               "from joining the map's batch queue to the row: includes queue_ms and the whole batch.")
     match_ms: float = Field(description="Sequence matching and ranking.")
     total_ms: float
 

@@ -45,11 +45,27 @@ class ServiceSettings(BaseSettings):
     api_keys: list[str] = Field(default_factory=list, description="Accepted X-API-Key values; empty = no auth.")
     max_body_bytes: int = Field(8 * 2**20, gt=0, description="Larger request bodies get 413 body_too_large.")
     max_image_pixels: int = Field(4096 * 4096, gt=0, description="Larger images get 413 image_too_large.")
+    max_batch: int = Field(
+        16, ge=1, description="Most images one call of a map's method describes (micro-batching, server/batching.py). "
+        "A map's cost is reading it once per call (the Nordland spiking map: 8 ms for 1 image, 32 ms for 16, 58 ms "
+        "for 32 on 2 cores): 16 already gives 2 ms an image, and a larger batch mainly lengthens each batch.")
+    max_batch_wait_ms: float = Field(
+        2.0, ge=0, description="How long a request that finds its map idle waits for others to share its batch. Under "
+        "load batches fill while the previous one runs, without waiting; the wait only pairs up near-simultaneous "
+        "requests on an idle map, and costs a lone request at most this much. 0: never wait.")
     max_concurrency: int = Field(
-        default_factory=available_cores, ge=1,
-        description="Localisations in flight; more get 503 + Retry-After. Defaults to the usable CPU cores: each "
-        "localisation is CPU-bound, so more slots than cores only slow every request (on 2 cores, 2 slots gave half "
-        "the latency of 4 at the same throughput; docs/benchmarks.md).")
+        default_factory=lambda data: 2 * data.get("max_batch", 16), ge=1,
+        description="Localisations admitted at once (decoding, queued for their map's batch, in it, or sequence "
+        "matching); more get 503 + Retry-After at once. Defaults to 2 x max_batch: one full batch running and one "
+        "filling. Without batching every request was a separate CPU-bound call and this followed the core count; "
+        "with it, admitted requests share calls, and a request admitted beyond two full batches would wait longer "
+        "than two batch times, when a prompt 503 serves a robot better than a late answer.")
+    torch_threads: int = Field(
+        default_factory=lambda: max(1, available_cores() - 1), ge=1,
+        description="torch's intra-op threads (torch.set_num_threads at startup); each map's batcher is the only "
+        "thread that runs its method. Defaults to the usable cores less one, which the event loop, decoding and "
+        "sequence matching need: on 2 busy cores a second torch thread gained nothing at 140 requests/s and in one "
+        "run doubled p99 (docs/benchmarks.md).")
     retry_after_seconds: int = Field(1, ge=0)
     max_top_k: int = Field(50, ge=1)
     max_sessions: int = Field(1000, ge=1)

@@ -285,7 +285,8 @@ def test_map_store_round_trip(tmp_path, demo_map, queries):
 
 
 class SlowMap:
-    """The demo map behind a ``distance_row`` that first sleeps ``delay`` seconds; ``finished`` counts the rows done."""
+    """The demo map behind ``distance_rows`` (what the service's batcher calls) that first sleeps ``delay`` seconds;
+    ``finished`` counts the rows done."""
 
     def __init__(self, loaded: LoadedMap, delay: float):
         self.loaded, self.delay, self.finished = loaded, delay, 0
@@ -293,11 +294,11 @@ class SlowMap:
     def __getattr__(self, attribute):
         return getattr(self.loaded, attribute)
 
-    def distance_row(self, image: np.ndarray) -> np.ndarray:
+    def distance_rows(self, images) -> np.ndarray:
         time.sleep(self.delay)
-        row = self.loaded.distance_row(image)
-        self.finished += 1
-        return row
+        rows = self.loaded.distance_rows(images)
+        self.finished += len(rows)
+        return rows
 
 
 def test_slow_localisation_gets_504_and_its_slot_comes_back(demo_map, queries):
@@ -347,12 +348,17 @@ def test_oversized_multipart_uploads_get_413(demo_map, queries):
         assert_healthy(client, queries)
 
 
-def test_max_concurrency_defaults_to_the_usable_cores(monkeypatch):
+def test_admission_follows_the_batch_and_torch_threads_the_usable_cores(monkeypatch):
     import os
 
-    monkeypatch.delenv("SPIKEBOT_MAX_CONCURRENCY", raising=False)
+    for name in ("SPIKEBOT_MAX_CONCURRENCY", "SPIKEBOT_MAX_BATCH", "SPIKEBOT_TORCH_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    assert ServiceSettings().max_batch == 16 and ServiceSettings().max_concurrency == 32  # two full batches
+    assert ServiceSettings(max_batch=4).max_concurrency == 8
+    monkeypatch.setenv("SPIKEBOT_MAX_BATCH", "8")
+    assert ServiceSettings().max_concurrency == 16 and ServiceSettings(max_concurrency=3).max_concurrency == 3
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
-    assert ServiceSettings().max_concurrency == 3
+    assert ServiceSettings().torch_threads == 2  # one core left to HTTP, decoding and matching
     monkeypatch.delattr(os, "sched_getaffinity", raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: None)
-    assert ServiceSettings().max_concurrency == 1
+    assert ServiceSettings().torch_threads == 1
