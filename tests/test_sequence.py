@@ -53,7 +53,17 @@ def test_seqslam_follows_a_faster_route_that_the_diagonal_misses():
     assert accuracy(match_sequences(distances, SequenceConfig(length=10))) < 0.6
 
 
-@pytest.mark.parametrize("config", [SequenceConfig(length=1), SequenceConfig(length=5), SequenceConfig(length=7, mode="seqslam")])
+def test_seqslam_without_contrast_enhancement_searches_the_raw_distances():
+    distances = np.random.default_rng(4).random((12, 20))
+    raw = SequenceConfig(length=4, mode="seqslam", contrast_window=0, min_velocity=1.0, max_velocity=1.0, velocity_steps=1)
+    # one velocity of 1 over raw distances is exactly the diagonal matcher
+    np.testing.assert_allclose(match_sequences(distances, raw), match_sequences(distances, SequenceConfig(length=4)))
+    enhanced = SequenceConfig(length=4, mode="seqslam", min_velocity=1.0, max_velocity=1.0, velocity_steps=1)
+    assert not np.allclose(match_sequences(distances, enhanced), match_sequences(distances, raw))
+
+
+@pytest.mark.parametrize("config", [SequenceConfig(length=1), SequenceConfig(length=5), SequenceConfig(length=7, mode="seqslam"),
+                                    SequenceConfig(length=6, mode="seqslam", contrast_window=0)])
 def test_online_equals_offline(config):
     distances = np.random.default_rng(3).random((30, 25))
     matcher = OnlineSequenceMatcher(config)
@@ -70,7 +80,8 @@ def test_online_rejects_changing_map_size():
         matcher.push(np.zeros((2, 5)))
 
 
-@pytest.mark.parametrize("kwargs", [{"length": 0}, {"mode": "dtw"}, {"mode": "seqslam", "min_velocity": 2.0, "max_velocity": 1.0}])
+@pytest.mark.parametrize("kwargs", [{"length": 0}, {"mode": "dtw"}, {"mode": "seqslam", "min_velocity": 2.0, "max_velocity": 1.0},
+                                    {"contrast_window": -1}])
 def test_invalid_configs(kwargs):
     with pytest.raises(ValueError):
         SequenceConfig(**kwargs)

@@ -323,6 +323,8 @@ def _parse_velocities(context, parameter, value):
 @with_options(method_options)
 @click.option("--seq-len", type=click.IntRange(min=1), default=10, show_default=True, help="Sequence length L of the online matcher.")
 @click.option("--seq-mode", type=click.Choice(["diagonal", "seqslam"]), default="diagonal", show_default=True)
+@click.option("--contrast-window", type=click.IntRange(min=0), default=10, show_default=True,
+              help="seqslam: references in the local contrast-enhancement window (0: no enhancement).")
 @click.option("--velocities", callback=_parse_velocities, metavar="MIN:MAX:STEPS",
               help="seqslam: the velocities searched, in reference places per step [default: 0.4:1.6:13, the range "
                    "of the varying speed profile].")
@@ -338,7 +340,7 @@ def _parse_velocities(context, parameter, value):
 @click.option("--window", type=click.IntRange(min=1), default=20, show_default=True, help="Steps per accuracy-over-time window.")
 @click.option("--out", type=click.Path(file_okay=False), default="runs/track", show_default=True)
 def track_command(dataset, reference, query, ground_truth, tolerance, split, data_root, method, config_file, map_dir, model_dir,
-                  seq_len, seq_mode, velocities, threshold, speed_profile, episodes, max_steps, seed, env_options, window, out):
+                  seq_len, seq_mode, contrast_window, velocities, threshold, speed_profile, episodes, max_steps, seed, env_options, window, out):
     """Drive EPISODES along the query traverse (spikebot/RouteLocalization-v0) with METHOD and an online sequence
     matcher as the agent: accuracy over time, precision at the threshold, latency per step; writes results.json and
     track.png (true vs estimated place) to OUT."""
@@ -354,7 +356,8 @@ def track_command(dataset, reference, query, ground_truth, tolerance, split, dat
     def run():
         data = _load_dataset(dataset, reference, query, ground_truth, tolerance, split, data_root)
         low, high, steps = velocities or (0.4, 1.6, 13)
-        sequence = (SequenceConfig(seq_len, "seqslam", min_velocity=low, max_velocity=high, velocity_steps=steps)
+        sequence = (SequenceConfig(seq_len, "seqslam", contrast_window=contrast_window, min_velocity=low,
+                                   max_velocity=high, velocity_steps=steps)
                     if seq_mode == "seqslam" else SequenceConfig(seq_len))
         env = gymnasium.make(ROUTE_LOCALIZATION, dataset=data, speed_profile=speed_profile, max_episode_steps=max_steps,
                              **env_options)

@@ -9,8 +9,9 @@ excluded. At the start of the stream, where fewer than ``length`` query frames e
 frames there are.
 
 - ``diagonal``: the SNN VPR papers' form, the mean of ``D[q-k, r-k]`` for ``k < length`` (an identity kernel).
-- ``seqslam``: SeqSLAM's form: each query row is contrast-enhanced over a local window of references, then the
-  best of several constant-velocity paths ``D[q-k, r - round(v k)]`` is taken.
+- ``seqslam``: SeqSLAM's form: each query row is contrast-enhanced over a local window of references
+  (``contrast_window``; 0 keeps the raw distances), then the best of several constant-velocity paths
+  ``D[q-k, r - round(v k)]`` is taken.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ class SequenceConfig:
     def __post_init__(self) -> None:
         if self.length < 1:
             raise ValueError(f"sequence length must be >= 1, got {self.length}")
+        if self.contrast_window < 0:
+            raise ValueError(f"contrast_window must be >= 0 (0: no contrast enhancement), got {self.contrast_window}")
         if self.mode not in ("diagonal", "seqslam"):
             raise ValueError(f"unknown sequence matching mode {self.mode!r}: expected 'diagonal' or 'seqslam'")
         if self.mode == "seqslam" and not (0 < self.min_velocity <= self.max_velocity and self.velocity_steps >= 1):
@@ -83,7 +86,7 @@ def match_sequences(distances: np.ndarray, config: SequenceConfig) -> np.ndarray
         if config.length == 1:
             return distances
         return _path_mean(distances, config.length, 1.0)
-    enhanced = enhance_contrast(distances, config.contrast_window)
+    enhanced = enhance_contrast(distances, config.contrast_window) if config.contrast_window else distances
     return np.min([_path_mean(enhanced, config.length, v) for v in config.velocities], axis=0)
 
 
