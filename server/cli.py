@@ -35,17 +35,21 @@ def build_settings(**given) -> ServiceSettings:
 @click.option("--host", default=None, help="Bind address [default: 127.0.0.1]; non-loopback needs --api-key.")
 @click.option("--port", type=int, default=None, help="[default: 8000]")
 @click.option("--api-key", "api_keys", multiple=True, help="Accepted X-API-Key (repeatable; or SPIKEBOT_API_KEYS).")
-@click.option("--max-concurrency", type=int, default=None)
+@click.option("--max-concurrency", type=int, default=None, help="Requests admitted at once [default: 2 x max batch].")
+@click.option("--max-batch", type=int, default=None, help="Most frames one call of a map's method describes [default: 16].")
+@click.option("--max-batch-wait-ms", type=float, default=None, help="How long a lone request waits for batch mates [default: 2].")
+@click.option("--torch-threads", type=int, default=None, help="torch's threads [default: usable cores less one].")
 @click.option("--log-level", default="info", show_default=True)
 def serve(map_dir, method, config_file, map_name, dataset, reference, split, data_root, reference_folder, demo,
-          map_store, host, port, api_keys, max_concurrency, log_level):
+          map_store, host, port, api_keys, max_concurrency, max_batch, max_batch_wait_ms, torch_threads, log_level):
     """Serve place recognition over HTTP: POST an image to /v1/maps/NAME/localize. See /docs for the API."""
     import uvicorn
 
     from server.app import create_app
 
     settings = build_settings(host=host, port=port, api_keys=list(api_keys) or None, map_store=map_store,
-                              max_concurrency=max_concurrency)
+                              max_concurrency=max_concurrency, max_batch=max_batch,
+                              max_batch_wait_ms=max_batch_wait_ms, torch_threads=torch_threads)
     source = ReferenceSource(dataset=dataset or "demo", reference=reference, split=split, data_root=data_root,
                              folder=reference_folder)
     if map_dir is not None:

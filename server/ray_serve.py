@@ -126,11 +126,12 @@ def build_replica_app(settings: ServiceSettings, maps: Sequence[Any] = (), repli
 
 
 def replica_settings(settings: ServiceSettings, cpus_per_replica: float) -> ServiceSettings:
-    """Each replica's settings: ``max_concurrency`` follows the replica's CPUs unless it was given (the default,
-    the machine's cores, would let every replica on a machine run a localisation per core)."""
-    if "max_concurrency" in settings.model_fields_set:
+    """Each replica's settings: ``torch_threads`` follows the CPUs the replica reserves unless it was given (the
+    default, the machine's cores less one, would let every replica on a machine claim all of them). Admission
+    (``max_concurrency``) keeps its default: it counts requests sharing a micro-batch, not cores."""
+    if "torch_threads" in settings.model_fields_set:
         return settings
-    return settings.model_copy(update={"max_concurrency": max(1, int(cpus_per_replica))})
+    return settings.model_copy(update={"torch_threads": max(1, int(cpus_per_replica))})
 
 
 def localizer_deployment(replicas: int = 2, cpus_per_replica: float = 1.0, max_ongoing_requests: int = 32):
@@ -196,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     @click.command("ray-serve")
     @click.option("--replicas", type=click.IntRange(min=1), default=2, show_default=True)
     @click.option("--cpus-per-replica", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
-                  help="Ray CPUs each replica reserves; also its max_concurrency unless SPIKEBOT_MAX_CONCURRENCY "
+                  help="Ray CPUs each replica reserves; also its torch threads unless SPIKEBOT_TORCH_THREADS "
                   "is set.")
     @click.option("--demo", is_flag=True,
                   help="Serve the demo route's SAD map (the default when no map store is given).")

@@ -53,11 +53,12 @@ def test_replica_app_names_sessions_after_the_client(queries):
         assert client.delete("/v1/sessions/robot-7").status_code == 204
 
 
-def test_replica_concurrency_follows_its_cpus():
-    assert replica_settings(ServiceSettings(), 1.0).max_concurrency == 1
-    assert replica_settings(ServiceSettings(), 0.5).max_concurrency == 1
-    assert replica_settings(ServiceSettings(), 3.0).max_concurrency == 3
-    assert replica_settings(ServiceSettings(max_concurrency=5), 1.0).max_concurrency == 5
+def test_replica_torch_threads_follow_its_cpus():
+    assert replica_settings(ServiceSettings(), 1.0).torch_threads == 1
+    assert replica_settings(ServiceSettings(), 0.5).torch_threads == 1
+    assert replica_settings(ServiceSettings(), 3.0).torch_threads == 3
+    assert replica_settings(ServiceSettings(torch_threads=5), 1.0).torch_threads == 5
+    assert replica_settings(ServiceSettings(), 1.0).max_concurrency == ServiceSettings().max_concurrency
 
 
 def free_port() -> int:

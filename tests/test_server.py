@@ -362,3 +362,12 @@ def test_admission_follows_the_batch_and_torch_threads_the_usable_cores(monkeypa
     monkeypatch.delattr(os, "sched_getaffinity", raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: None)
     assert ServiceSettings().torch_threads == 1
+
+
+def test_serve_options_reach_the_settings_and_admission_follows_the_batch():
+    from server.cli import build_settings
+
+    settings = build_settings(max_batch=4, max_batch_wait_ms=0.5, torch_threads=1, max_concurrency=None)
+    assert (settings.max_batch, settings.max_batch_wait_ms, settings.torch_threads) == (4, 0.5, 1)
+    assert settings.max_concurrency == 8
+    assert build_settings(max_batch=4, max_concurrency=3).max_concurrency == 3
