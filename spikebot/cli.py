@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from events.cli import events
 from policy.cli import policy
 from server.cli import serve
 from spikebot.provenance import __version__
@@ -19,3 +20,4 @@ def main() -> None:
 main.add_command(vpr)
 main.add_command(policy)
 main.add_command(serve)
+main.add_command(events)
