@@ -7,6 +7,18 @@ from PIL import Image
 
 
 @pytest.fixture
+def one_torch_thread():
+    """For modules of tiny tensors (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``): a second
+    intra-op thread only adds synchronisation and fights other work for the cores (5x slower on a busy 2-core box)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def shared_data() -> Path:
     """The real datasets under $SPIKEBOT_DATA; tests that need them skip with the reason when absent."""
     root = os.environ.get("SPIKEBOT_DATA")

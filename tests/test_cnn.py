@@ -29,13 +29,7 @@ from vpr.methods.cnn import CNNMethodConfig
 TINY = PlaceNetConfig(trunk=TrunkConfig(cut=8, width=64, height=32, pretrained=False), netvlad=NetVLADConfig(clusters=8))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are tiny: a second intra-op thread only adds synchronisation (5x slower on a busy 2-core box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

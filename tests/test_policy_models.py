@@ -35,13 +35,7 @@ TINY = {"embed_dim": 32, "n_layers": 1, "n_heads": 2}
 TINY_CONFIGS = {"transformer": TransformerConfig(**TINY), "stmdp": STMDPConfig(**TINY, n_cond_layers=0, code_dim=16)}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These networks are small: one thread is faster, and does not fight other work for the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def toy_demonstrations(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
