@@ -28,6 +28,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
+
+import spikebot.norse_quiet  # noqa: F401  (before norse: silences its import-time deprecation warning)
 from norse.torch.functional.lif_box import (
     LIFBoxFeedForwardState,
     LIFBoxParameters,

@@ -17,14 +17,10 @@ inhibitory population included); it serves Poisson input, which has no closed fo
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 
-with warnings.catch_warnings():
-    # norse 1.1 runs torch.jit.script at import time, which torch 2.14 deprecates: nothing a user can act on.
-    warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
-    from norse.torch.functional.lif import LIFFeedForwardState, LIFParameters, lif_feed_forward_step
+import spikebot.norse_quiet  # noqa: F401  (before norse: silences its import-time deprecation warning)
+from norse.torch.functional.lif import LIFFeedForwardState, LIFParameters, lif_feed_forward_step
 
 from vpr.snn.config import NetworkConfig
 
