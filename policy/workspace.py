@@ -71,7 +71,9 @@ class TrainConfig:
 
     ``demos`` names a ``spikebot-demos/1`` file; when None, ``demo_episodes`` expert episodes from seed
     ``demo_seed`` are recorded into the run folder. ``network`` overrides the network's default sizes (for
-    example ``{"embed_dim": 32, "n_layers": 1}``). ``device`` is ``auto`` (CUDA when available, else CPU),
+    example ``{"embed_dim": 32, "n_layers": 1}``). ``obs_min_span`` is the smallest range an observation
+    dimension is scaled as (see :mod:`policy.normalise`: nearly constant dimensions are not stretched onto
+    [-1, 1]). ``device`` is ``auto`` (CUDA when available, else CPU),
     ``cpu``, ``cuda`` or ``cuda:N``; ``torch_threads`` None keeps torch's default. ``eval_every`` 0 or
     ``eval_episodes`` 0 turns periodic evaluation off (a final one is still run when ``eval_episodes`` > 0).
     """
@@ -86,6 +88,7 @@ class TrainConfig:
     lr: float = 1e-4
     weight_decay: float = 1e-3
     lr_warmup_steps: int = 100
+    obs_min_span: float = 0.1
     ema: bool = True
     obs_horizon: int = 2
     pred_horizon: int = 16
@@ -118,6 +121,8 @@ class TrainConfig:
         for name in ("demo_seed", "lr_warmup_steps", "eval_every", "eval_episodes", "seed"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise TrainError(f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
+        if not (isinstance(self.obs_min_span, (int, float)) and self.obs_min_span >= 0):
+            raise TrainError(f"obs_min_span must be >= 0, got {self.obs_min_span!r}")
         if not (self.lr > 0 and self.weight_decay >= 0):
             raise TrainError(f"lr must be positive and weight_decay >= 0, got {self.lr} and {self.weight_decay}")
         if self.eval_sampler not in SAMPLERS:
@@ -297,7 +302,8 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool | None = Non
         train_seconds = float(state["train_seconds"])
         log(f"resuming {run_dir} from step {step}")
     else:
-        normaliser = Normaliser.fit(obs=successful.observations, action=successful.actions)
+        normaliser = Normaliser.fit(obs=successful.observations, action=successful.actions,
+                                    min_span={"obs": config.obs_min_span})
         with torch.random.fork_rng(devices=[]):  # the initial weights, a function of the seed; the caller's RNG untouched
             torch.manual_seed(config.seed)
             network = build_network(config.network_config())

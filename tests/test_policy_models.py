@@ -201,6 +201,31 @@ def test_normaliser_maps_to_unit_range_and_back():
         field.normalise(torch.zeros(2, 4))
 
 
+def test_nearly_constant_dimensions_are_not_stretched_and_constant_actions_are_pinned():
+    # Regression: Metaworld's gripper opening varies by only ~0.02 in button-press demonstrations (effort 0);
+    # min-max scaling stretched it 100-fold, so a 0.1 drift at test time became an input of -10 and beyond.
+    data = torch.stack([torch.linspace(-0.1, 0.1, 50), torch.linspace(0.98, 1.0, 50), torch.zeros(50)], dim=1)
+    plain, floored = MinMax.fit(data), MinMax.fit(data, min_span=0.1)
+    drifted = torch.tensor([[0.0, 0.9, 0.0]])
+    assert plain.normalise(drifted)[0, 1] < -9  # the old behaviour
+    torch.testing.assert_close(floored.normalise(drifted)[0], torch.tensor([0.0, -1.8, 0.0]))
+    torch.testing.assert_close(floored.normalise(data)[:, 0], plain.normalise(data)[:, 0])  # wide ranges unchanged
+    torch.testing.assert_close(floored.normalise(data)[:, 1].abs().amax(), torch.tensor(0.2))
+    torch.testing.assert_close(floored.unnormalise(floored.normalise(data)), data)
+    # A dimension constant in training unnormalises to its training value, whatever the network outputs there
+    # (the sampler's residual noise would otherwise be executed as gripper effort).
+    noisy = torch.tensor([[0.5, 0.3, 0.7], [-0.5, -0.3, -0.04]])
+    assert (floored.unnormalise(noisy)[:, 2] == 0).all()
+    assert floored.unnormalise(noisy)[:, :2].abs().min() > 0
+    restored = Normaliser.from_dict(json.loads(json.dumps(Normaliser.fit(min_span={"obs": 0.1}, obs=data).to_dict())))
+    assert restored["obs"].min_span == 0.1
+    assert MinMax.from_dict({"low": [0.0], "high": [1.0]}).min_span == 0.0  # checkpoints saved before keep their scaling
+    with pytest.raises(ValueError):
+        Normaliser.fit(min_span={"action": 0.1}, obs=data)
+    with pytest.raises(ValueError):
+        MinMax.fit(data, min_span=-1.0)
+
+
 # -- policies ------------------------------------------------------------------------------------------------
 
 

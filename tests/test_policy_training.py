@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from policy.cli import MODELS, policy
 from policy.dataset import DemoWindows, WindowSpec, window_indices
-from policy.demos import DemoSet, record_demos, save_demos
+from policy.demos import DemoSet, load_demos, record_demos, save_demos
 from policy.diffusion import DiffusionPolicy
 from policy.models import NETWORKS
 from policy.runner import RunnerError, evaluate
@@ -236,3 +236,22 @@ def test_a_checkpoint_alone_can_act(tmp_path, demo_file):
     loaded = DiffusionPolicy.load(result.checkpoint, device="cpu")
     actions = loaded.predict_action(np.zeros((2, 39), np.float32), generator=torch.Generator().manual_seed(0))
     assert actions.shape == (8, 4) and np.isfinite(actions).all()
+
+
+def test_training_fits_observations_with_a_minimum_span(tmp_path, demo_file):
+    # Regression: the gripper opening (obs 3 and its previous-frame copy, 21) barely varies in button-press demos;
+    # it must not be scaled onto [-1, 1], and the gripper effort (action 3, always 0) must be executed as 0.
+    config = TrainConfig(task=TASK, model="transformer", demos=str(demo_file), steps=1, batch_size=4,
+                         network=TINY, eval_episodes=0, device="cpu")
+    assert config.obs_min_span == 0.1
+    result = train(config, tmp_path / "run", progress=False)
+    loaded = DiffusionPolicy.load(result.checkpoint, device="cpu")
+    obs = loaded.normaliser["obs"]
+    assert obs.min_span == 0.1 and float(obs.high[3] - obs.low[3]) < 0.05
+    drifted = torch.as_tensor(np.asarray(load_demos(demo_file).observations[:1]))
+    drifted[0, [3, 21]] -= 0.2  # the fingers drift 0.2 closed
+    assert loaded.normaliser.normalise("obs", drifted)[0, [3, 21]].abs().max() < 5
+    actions = loaded.predict_action(np.zeros((2, 39), np.float32), generator=torch.Generator().manual_seed(0), full=True)
+    assert (actions[:, 3] == 0).all()
+    with pytest.raises(TrainError):
+        TrainConfig(task=TASK, model="transformer", obs_min_span=-0.1)
