@@ -37,7 +37,7 @@ from policy.models import (
 from policy.models.cost import InferenceCost, count_macs, is_spiking, spiking_cost
 from policy.models.spiking import record_activity
 from policy.normalise import Normaliser
-from spikebot.artefacts import file_sha256
+from spikebot.artefacts import file_sha256, read_checked_manifest
 from spikebot.provenance import __version__, git_commit
 from vpr.errors import SpikebotError
 
@@ -285,18 +285,8 @@ class DiffusionPolicy:
     @classmethod
     def load(cls, directory: str | Path, device: str | torch.device | None = None) -> DiffusionPolicy:
         directory = Path(directory)
-        manifest_path, weights_path = directory / "policy.json", directory / "weights.pt"
-        if not manifest_path.is_file() or not weights_path.is_file():
-            raise PolicyError(f"not a spikebot policy (needs policy.json and weights.pt): {directory}")
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise PolicyError(f"corrupt policy manifest {manifest_path}: {error}") from error
-        if not isinstance(manifest, dict) or manifest.get("format") != CHECKPOINT_FORMAT:
-            found = manifest.get("format") if isinstance(manifest, dict) else None
-            raise PolicyError(f"{directory} is a policy of format {found!r}; this spikebot reads {CHECKPOINT_FORMAT!r}")
-        if file_sha256(weights_path) != manifest.get("weights_sha256"):
-            raise PolicyError(f"corrupt policy: {weights_path} does not match the checksum in {manifest_path}")
+        manifest = read_checked_manifest(directory, "policy.json", "weights.pt", CHECKPOINT_FORMAT, "policy", PolicyError)
+        weights_path = directory / "weights.pt"
         try:
             kind = manifest["network"]["kind"]
             if kind not in NETWORKS:

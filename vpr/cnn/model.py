@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spikebot.artefacts import file_sha256
+from spikebot.artefacts import file_sha256, read_checked_manifest
 from spikebot.progress import progress
 from spikebot.provenance import __version__
 from vpr.cnn.gem import GeM, GeMConfig
@@ -203,18 +203,8 @@ def save_model(directory: str | Path, model: PlaceNet, variant: Variant, trainin
 def load_model(directory: str | Path, device: str = "cpu", head: Head | None = None) -> Artefact:
     """Rebuild a saved network; refuses a missing, corrupt or other-format folder, or one with another ``head``."""
     directory = Path(directory)
-    manifest_path, weights_path = directory / "model.json", directory / "weights.pt"
-    if not manifest_path.is_file() or not weights_path.is_file():
-        raise ModelError(f"not a spikebot CNN model (needs model.json and weights.pt): {directory}")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as error:
-        raise ModelError(f"corrupt model {directory}: model.json is not JSON ({error})") from error
-    if not isinstance(manifest, dict) or manifest.get("format") != ARTEFACT_FORMAT:
-        found = manifest.get("format") if isinstance(manifest, dict) else None
-        raise ModelError(f"{directory} is a model of format {found!r}; this spikebot reads {ARTEFACT_FORMAT!r}")
-    if file_sha256(weights_path) != manifest.get("weights_sha256"):
-        raise ModelError(f"corrupt model {directory}: weights.pt does not match the checksum in model.json")
+    manifest = read_checked_manifest(directory, "model.json", "weights.pt", ARTEFACT_FORMAT, "model", ModelError)
+    weights_path = directory / "weights.pt"
     try:
         config = PlaceNetConfig.from_dict(manifest["config"])
         variant, training = manifest["variant"], manifest["training"]
