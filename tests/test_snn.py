@@ -276,3 +276,18 @@ def test_interrupted_training_resumes_from_finished_members(tmp_path):
     calls.clear()  # a checkpoint of other reference images is never resumed from
     SpikingMap.train(rates, config, "other", progress=record, checkpoint_dir=tmp_path)
     assert calls == ["member 1/3", "member 2/3", "member 3/3"]
+
+
+def test_calibration_ties_on_recall_at_1_go_to_recall_at_5_then_10_then_the_earlier_row():
+    from vpr.snn.calibration import best_row
+
+    rows = [
+        {"name": "first", "recall_at_1": 0.7, "recall_at_5": 0.80, "recall_at_10": 0.90},
+        {"name": "better R@5", "recall_at_1": 0.7, "recall_at_5": 0.84, "recall_at_10": 0.86},
+        {"name": "better R@10", "recall_at_1": 0.7, "recall_at_5": 0.84, "recall_at_10": 0.88},
+        {"name": "same again", "recall_at_1": 0.7, "recall_at_5": 0.84, "recall_at_10": 0.88},
+        {"name": "worse R@1", "recall_at_1": 0.68, "recall_at_5": 1.0, "recall_at_10": 1.0},
+    ]
+    assert best_row(rows)["name"] == "better R@10"
+    assert best_row(rows[:2])["name"] == "better R@5"
+    assert best_row([rows[0], rows[4]])["name"] == "first"

@@ -190,7 +190,7 @@ def calibrate_command(dataset, reference, query, tolerance, data_root, config_fi
     """Choose input, epochs, hyperactive threshold and readout on the CALIBRATION split (never the test split)."""
     from vpr.methods.snn import SNNMethodConfig
     from vpr.preprocess import preprocess
-    from vpr.snn.calibration import CalibrationGrid, calibrate_combination, calibrate_inputs
+    from vpr.snn.calibration import CalibrationGrid, best_row, calibrate_combination, calibrate_inputs
     from vpr.snn.encoding import image_rates, query_rates
 
     def run():
@@ -210,7 +210,7 @@ def calibrate_command(dataset, reference, query, tolerance, data_root, config_fi
                                   "combination_rows": combination_rows}}
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(record, indent=2) + "\n")
-        best = max(rows, key=lambda row: row["recall_at_1"])
+        best = best_row(rows)
         click.echo(f"calibration R@1 {best['recall_at_1']:.3f} with input {best['input']}, "
                    f"query_shift_px={chosen.query_shift_px}, epochs={chosen.epochs}, "
                    f"hyperactive_threshold={chosen.hyperactive_threshold}, assignment={chosen.assignment}, "
