@@ -85,3 +85,39 @@ def test_online_rejects_changing_map_size():
 def test_invalid_configs(kwargs):
     with pytest.raises(ValueError):
         SequenceConfig(**kwargs)
+
+
+def test_odometry_at_one_place_per_frame_is_the_diagonal():
+    distances = np.random.default_rng(5).random((30, 25))
+    odometry = SequenceConfig(length=6, mode="odometry")
+    np.testing.assert_allclose(match_sequences(distances, odometry, moved=np.ones(30)),
+                               match_sequences(distances, SequenceConfig(length=6)), rtol=1e-12)
+
+
+def test_odometry_follows_stops_and_reversals_that_frame_windows_miss():
+    rng = np.random.default_rng(6)
+    steps = np.concatenate([np.ones(15), np.zeros(12), np.ones(10), -np.ones(6), np.zeros(8), np.ones(20)])
+    places = 5 + np.cumsum(steps).astype(int)  # the reference place of every frame; starts at place 5
+    moved = np.concatenate([[0.0], np.diff(places)]) + rng.normal(0, 0.1, places.size)  # noisy odometry
+    distances = rng.random((places.size, 60)) + 0.4
+    distances[np.arange(places.size), places] -= 0.4
+
+    def accuracy(matrix):
+        return np.mean((np.abs(np.argmin(matrix, axis=1) - places) <= 1)[10:])
+
+    by_place = accuracy(match_sequences(distances, SequenceConfig(length=8, mode="odometry"), moved=moved))
+    by_frame = accuracy(match_sequences(distances, SequenceConfig(length=8)))
+    assert by_place > 0.9 and by_frame < 0.75 and accuracy(distances) < 0.6
+
+
+def test_odometry_needs_the_distance_driven():
+    distances = np.zeros((3, 4))
+    with pytest.raises(ValueError, match="one odometry reading per query frame"):
+        match_sequences(distances, SequenceConfig(length=2, mode="odometry"))
+    with pytest.raises(ValueError, match="one odometry reading per query frame"):
+        match_sequences(distances, SequenceConfig(length=2, mode="odometry"), moved=np.ones(2))
+    matcher = OnlineSequenceMatcher(SequenceConfig(length=2, mode="odometry"))
+    with pytest.raises(ValueError, match="places moved"):
+        matcher.push(np.zeros(4))
+    with pytest.raises(ValueError, match="places moved"):
+        matcher.push(np.zeros(4), float("nan"))

@@ -3,8 +3,8 @@ threshold, acting one camera frame at a time.
 
 An agent is the environment's counterpart in the split of :mod:`vpr.envs`: the environment serves frames and scores
 answers; the agent holds the map (a :class:`vpr.methods.PlaceMethod` built from the reference traverse), matches
-sequences of distance rows online (:class:`vpr.sequence.OnlineSequenceMatcher`, ``diagonal`` or ``seqslam``
-velocity search) and says "unsure" when its confidence is below its threshold.
+sequences of distance rows online (:class:`vpr.sequence.OnlineSequenceMatcher`, ``diagonal``, ``seqslam``
+velocity search, or ``odometry``-spaced windows when observations carry odometry) and says "unsure" when its confidence is below its threshold.
 """
 
 from __future__ import annotations
@@ -65,6 +65,14 @@ def observation_image(observation: Any) -> np.ndarray:
     return np.asarray(observation)
 
 
+def observation_odometry(observation: Any) -> float:
+    """The places driven since the previous observation: the ``"odometry"`` entry of a dict observation."""
+    if not isinstance(observation, dict) or "odometry" not in observation:
+        raise ValueError("odometry sequence matching needs observations with an 'odometry' entry: make the "
+                         "environment with odometry_noise set (e.g. --env-option odometry_noise=0.1)")
+    return float(np.asarray(observation["odometry"]).reshape(-1)[0])
+
+
 class PlaceAgent:
     """A place method with an online sequence matcher: ``act(observation) -> action`` once per frame, ``reset()``
     between episodes.
@@ -105,7 +113,8 @@ class PlaceAgent:
         row = np.asarray(self.method.distances([observation_image(observation)]), dtype=np.float64)
         if row.ndim != 2 or row.shape[0] != 1:
             raise RuntimeError(f"{self.method.name} gave distances of shape {row.shape} for one image")
-        matched = self.matcher.push(row[0])
+        moved = observation_odometry(observation) if self.sequence.mode == "odometry" else None
+        matched = self.matcher.push(row[0], moved)
         place = int(np.argmin(matched))
         sure = confidence(matched, place)
         action = place if sure >= self.confidence_threshold else matched.size

@@ -322,7 +322,8 @@ def _parse_velocities(context, parameter, value):
 @with_options(dataset_options)
 @with_options(method_options)
 @click.option("--seq-len", type=click.IntRange(min=1), default=10, show_default=True, help="Sequence length L of the online matcher.")
-@click.option("--seq-mode", type=click.Choice(["diagonal", "seqslam"]), default="diagonal", show_default=True)
+@click.option("--seq-mode", type=click.Choice(["diagonal", "seqslam", "odometry"]), default="diagonal", show_default=True,
+              help="odometry: windows spaced by the places driven; needs --env-option odometry_noise=SIGMA.")
 @click.option("--contrast-window", type=click.IntRange(min=0), default=10, show_default=True,
               help="seqslam: references in the local contrast-enhancement window (0: no enhancement).")
 @click.option("--velocities", callback=_parse_velocities, metavar="MIN:MAX:STEPS",
@@ -352,13 +353,15 @@ def track_command(dataset, reference, query, ground_truth, tolerance, split, dat
 
     if velocities is not None and seq_mode != "seqslam":
         raise click.UsageError("--velocities applies to --seq-mode seqslam")
+    if seq_mode == "odometry" and env_options.get("odometry_noise") is None:
+        raise click.UsageError("--seq-mode odometry needs odometry in the observations: --env-option odometry_noise=SIGMA")
 
     def run():
         data = _load_dataset(dataset, reference, query, ground_truth, tolerance, split, data_root)
         low, high, steps = velocities or (0.4, 1.6, 13)
         sequence = (SequenceConfig(seq_len, "seqslam", contrast_window=contrast_window, min_velocity=low,
                                    max_velocity=high, velocity_steps=steps)
-                    if seq_mode == "seqslam" else SequenceConfig(seq_len))
+                    if seq_mode == "seqslam" else SequenceConfig(seq_len, seq_mode))
         env = gymnasium.make(ROUTE_LOCALIZATION, dataset=data, speed_profile=speed_profile, max_episode_steps=max_steps,
                              **env_options)
         agent = PlaceAgent(_make_method(method, config_file, map_dir, model_dir=model_dir), sequence, threshold)

@@ -12,6 +12,13 @@ frames there are.
 - ``seqslam``: SeqSLAM's form: each query row is contrast-enhanced over a local window of references
   (``contrast_window``; 0 keeps the raw distances), then the best of several constant-velocity paths
   ``D[q-k, r - round(v k)]`` is taken.
+- ``odometry``: the window is spaced by the distance driven instead of by frames, for a robot that reports its
+  odometry (places moved since the previous frame). Frames are filed by the place they were taken at (the running
+  sum of odometry, rounded); frames of one place are averaged; the score of reference ``r`` is the mean of the
+  place rows ``P[b-k][r-k]`` for the ``length`` places ``b-k`` behind the current place ``b`` that have frames.
+  Stops add frames to one place instead of filling the window with it, and reversals revisit places already
+  filed, which is what a constant-velocity search cannot follow. It assumes reference places one odometry unit
+  apart (the registered datasets' spacing); places driven but not seen are skipped, not guessed.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ import numpy as np
 @dataclass(frozen=True)
 class SequenceConfig:
     length: int = 1
-    mode: Literal["diagonal", "seqslam"] = "diagonal"
+    mode: Literal["diagonal", "seqslam", "odometry"] = "diagonal"
     contrast_window: int = 10
     min_velocity: float = 0.8
     max_velocity: float = 1.2
@@ -37,8 +44,8 @@ class SequenceConfig:
             raise ValueError(f"sequence length must be >= 1, got {self.length}")
         if self.contrast_window < 0:
             raise ValueError(f"contrast_window must be >= 0 (0: no contrast enhancement), got {self.contrast_window}")
-        if self.mode not in ("diagonal", "seqslam"):
-            raise ValueError(f"unknown sequence matching mode {self.mode!r}: expected 'diagonal' or 'seqslam'")
+        if self.mode not in ("diagonal", "seqslam", "odometry"):
+            raise ValueError(f"unknown sequence matching mode {self.mode!r}: expected 'diagonal', 'seqslam' or 'odometry'")
         if self.mode == "seqslam" and not (0 < self.min_velocity <= self.max_velocity and self.velocity_steps >= 1):
             raise ValueError("seqslam needs 0 < min_velocity <= max_velocity and velocity_steps >= 1")
 
@@ -77,11 +84,19 @@ def _path_mean(distances: np.ndarray, length: int, velocity: float) -> np.ndarra
     return total / count
 
 
-def match_sequences(distances: np.ndarray, config: SequenceConfig) -> np.ndarray:
-    """Sequence-matched distances, same shape as ``distances``; ``length == 1`` returns them unchanged."""
+def match_sequences(distances: np.ndarray, config: SequenceConfig, moved: np.ndarray | None = None) -> np.ndarray:
+    """Sequence-matched distances, same shape as ``distances``; ``length == 1`` returns them unchanged (not so
+    for ``odometry``, which still averages the frames of one place). ``moved``: per query frame, the places driven
+    since the previous frame; needed by ``odometry`` only."""
     distances = np.asarray(distances)
     if distances.ndim != 2:
         raise ValueError(f"expected a 2-D distance matrix, got shape {distances.shape}")
+    if config.mode == "odometry":
+        if moved is None or np.shape(moved) != (distances.shape[0],):
+            raise ValueError(f"odometry sequence matching needs one odometry reading per query frame "
+                             f"({distances.shape[0]}), got {None if moved is None else np.shape(moved)}")
+        matcher = OnlineSequenceMatcher(config)
+        return np.stack([matcher.push(row, float(step)) for row, step in zip(distances, moved)])
     if config.mode == "diagonal":
         if config.length == 1:
             return distances
@@ -93,21 +108,51 @@ def match_sequences(distances: np.ndarray, config: SequenceConfig) -> np.ndarray
 class OnlineSequenceMatcher:
     """Sequence matching one query frame at a time: push a distance row, get the sequence-matched row.
 
-    Keeps only the last ``length`` rows; gives exactly the rows :func:`match_sequences` gives offline.
+    Keeps only the last ``length`` rows (``odometry``: the mean row of each place within ``length`` places of the
+    current one); gives exactly the rows :func:`match_sequences` gives offline.
     """
 
     def __init__(self, config: SequenceConfig):
         self.config = config
         self._rows: deque[np.ndarray] = deque(maxlen=config.length)
+        self._position = 0.0
+        self._places: dict[int, tuple[np.ndarray, int]] = {}
 
     def reset(self) -> None:
         self._rows.clear()
+        self._position = 0.0
+        self._places.clear()
 
-    def push(self, distance_row: np.ndarray) -> np.ndarray:
+    def push(self, distance_row: np.ndarray, moved: float | None = None) -> np.ndarray:
+        """The sequence-matched row for this frame; ``moved`` (places driven since the previous frame) is
+        required by ``odometry`` and ignored by the other modes."""
         distance_row = np.asarray(distance_row)
         if distance_row.ndim != 1:
             raise ValueError(f"expected one row of distances, got shape {distance_row.shape}")
         if self._rows and distance_row.shape != self._rows[-1].shape:
             raise ValueError(f"row has {distance_row.size} references, earlier rows had {self._rows[-1].size}")
+        if self.config.mode == "odometry":
+            if moved is None or not np.isfinite(moved):
+                raise ValueError(f"odometry sequence matching needs the places moved with every frame, got {moved!r}")
+            self._rows.append(distance_row)
+            return self._push_by_place(distance_row.astype(np.float64), float(moved))
         self._rows.append(distance_row)
         return match_sequences(np.stack(self._rows), self.config)[-1]
+
+    def _push_by_place(self, row: np.ndarray, moved: float) -> np.ndarray:
+        self._position += moved
+        here = int(round(self._position))
+        total, count = self._places.get(here, (np.zeros_like(row), 0))
+        self._places[here] = (total + row, count + 1)
+        length = self.config.length
+        self._places = {place: entry for place, entry in self._places.items() if abs(place - here) < length}
+        n_reference = row.size
+        summed = np.zeros(n_reference)
+        behind = [k for k in range(length) if here - k in self._places]
+        for k in behind:
+            total, count = self._places[here - k]
+            mean_row = total / count
+            shift = min(k, n_reference)
+            summed[shift:] += mean_row[: n_reference - shift]
+            summed[:shift] += mean_row.mean()
+        return summed / len(behind)
