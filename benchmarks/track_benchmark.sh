@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Closed-loop tracking (issue 8): SAD, NetVLAD and the spiking ensemble driven along the TEST split of GardensPoint
 # (day_right -> night_right) and Nordland (summer -> winter) under constant and varying speed, with the diagonal
-# and the velocity-search (seqslam) matchers, L = 10. The seqslam contrast window per dataset comes from the
+# and the velocity-search (seqslam) matchers, L = 10, and with the odometry-spaced matcher, fed odometry with
+# 0.05 places of noise per step (5% of a nominal step; fixed before the first run, not tuned). The seqslam contrast window per dataset comes from the
 # calibration splits (SAD, varying speed): GardensPoint 0 (no enhancement), Nordland 10.
 # Nordland episodes start at random places and stop after 500 steps (4 episodes = 2000 frames per row).
 # Usage: SPIKEBOT_DATA=../shared/datasets bash benchmarks/track_benchmark.sh [OUT]   (then: python benchmarks/track_table.py OUT)
@@ -16,11 +17,12 @@ mkdir -p "$OUT"
 run() {  # name dataset-args method-args contrast-window extra-args...
   local name="$1" data="$2" method="$3" window="$4"; shift 4
   for profile in constant varying; do
-    for mode in diagonal seqslam; do
+    for mode in diagonal seqslam odometry; do
       [[ -f "$OUT/$name-$mode-$profile/results.json" ]] && continue
       # shellcheck disable=SC2086
       $SB vpr track $data --split test $method --seq-len 10 --seq-mode "$mode" \
-          $([[ $mode == seqslam ]] && echo "--contrast-window $window") --speed-profile "$profile" \
+          $([[ $mode == seqslam ]] && echo "--contrast-window $window") \
+          $([[ $mode == odometry ]] && echo "--env-option odometry_noise=0.05") --speed-profile "$profile" \
           --episodes 4 --seed 0 "$@" --out "$OUT/$name-$mode-$profile" | grep "accuracy" | head -1
     done
   done
