@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from spikebot.artefacts import file_sha256
+from spikebot.artefacts import file_sha256, read_checked_manifest
 from spikebot.provenance import __version__
 from vpr.errors import SpikebotError
 from vpr.snn.config import EnsembleConfig, NetworkConfig
@@ -276,17 +276,8 @@ class SpikingMap:
     @classmethod
     def load(cls, directory: str | Path) -> SpikingMap:
         directory = Path(directory)
-        manifest_path, array_path = directory / "map.json", directory / "arrays.npz"
-        if not manifest_path.is_file() or not array_path.is_file():
-            raise MapError(f"not a spikebot map (needs map.json and arrays.npz): {directory}")
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except json.JSONDecodeError as error:
-            raise MapError(f"corrupt map manifest {manifest_path}: {error}") from error
-        if manifest.get("format") != ARTEFACT_FORMAT:
-            raise MapError(f"{directory} is a map of format {manifest.get('format')!r}; this spikebot reads {ARTEFACT_FORMAT!r}")
-        if file_sha256(array_path) != manifest.get("arrays_sha256"):
-            raise MapError(f"corrupt map: {array_path} does not match the checksum in {manifest_path}")
+        array_path = directory / "arrays.npz"
+        manifest = read_checked_manifest(directory, "map.json", array_path.name, ARTEFACT_FORMAT, "map", MapError)
         try:
             config = EnsembleConfig.from_dict(manifest["config"])
             with np.load(array_path) as arrays:
