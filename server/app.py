@@ -527,6 +527,9 @@ def create_app(settings: ServiceSettings | None = None, maps: Sequence[MapSource
     builds = jobs.MapBuilds(state, MapStore(settings.map_store) if settings.map_store is not None else None,
                             jobs.JobRunner(settings.map_build_workers, settings.max_queued_builds,
                                            settings.max_finished_jobs))
+    from server import policies  # not at the top: server.policies imports this module
+
+    served_policies = policies.PolicyRegistry(settings.policy_store, state.metrics.registry)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -537,6 +540,7 @@ def create_app(settings: ServiceSettings | None = None, maps: Sequence[MapSource
         torch_threads = torch.get_num_threads()  # process-wide: given back at shutdown (tests run many apps)
         torch.set_num_threads(settings.torch_threads)
         loader = asyncio.create_task(anyio.to_thread.run_sync(state.load_maps))
+        policy_loader = asyncio.create_task(anyio.to_thread.run_sync(served_policies.load))
         sweeper = asyncio.create_task(_sweep_sessions(state))
         try:
             yield
@@ -545,14 +549,17 @@ def create_app(settings: ServiceSettings | None = None, maps: Sequence[MapSource
             state.close_batchers()
             torch.set_num_threads(torch_threads)
             sweeper.cancel()
-            if not loader.done():
-                loader.cancel()
+            for task in (loader, policy_loader):
+                if not task.done():
+                    task.cancel()
 
-    from server import stream  # here, not at the top: server.stream imports this module
+    from server import event_stream, stream  # here, not at the top: they import this module
 
     app = FastAPI(title="spikebot localisation service", version="1", lifespan=lifespan,
-                  description=f"{__doc__}\n## WebSocket stream\n\n{stream.__doc__}")
+                  description=f"{__doc__}\n## WebSocket stream\n\n{stream.__doc__}\n## Policies\n\n{policies.__doc__}"
+                              f"\n## Event stream\n\n{event_stream.__doc__}")
     app.state.service = state
+    app.state.policies = served_policies
     app.state.map_builds = builds
     install_error_handlers(app)
 
@@ -562,11 +569,11 @@ def create_app(settings: ServiceSettings | None = None, maps: Sequence[MapSource
 
     @app.get("/readyz", response_model=Status, tags=["ops"], responses=responses(503))
     def readyz() -> Any:
-        if state.ready:
-            return Status(status="ready", maps=sorted(state.maps))
-        if state.load_error:
-            return error_response(503, "load_failed", state.load_error)
-        return error_response(503, "not_ready", "maps are still loading", {"Retry-After": "1"})
+        if state.ready and served_policies.ready:
+            return Status(status="ready", maps=sorted(state.maps), policies=list(served_policies.policies))
+        if state.load_error or served_policies.load_error:
+            return error_response(503, "load_failed", state.load_error or served_policies.load_error)
+        return error_response(503, "not_ready", "maps or policies are still loading", {"Retry-After": "1"})
 
     @app.get("/metrics", tags=["ops"], response_class=Response)
     def metrics() -> Response:
@@ -585,7 +592,9 @@ def create_app(settings: ServiceSettings | None = None, maps: Sequence[MapSource
 
     app.openapi = openapi  # type: ignore[method-assign]
     app.include_router(stream.build_stream_router())
+    app.include_router(event_stream.build_event_stream_router(settings, state.metrics.registry))
     app.include_router(jobs.build_jobs_router())
+    app.include_router(policies.build_policies_router())
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes, upload_limit=settings.max_upload_bytes)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     return app

@@ -30,8 +30,11 @@ def build_settings(**given) -> ServiceSettings:
 @click.option("--split", default="all", show_default=True, type=click.Choice(["all", "calibration", "test"]))
 @click.option("--data-root", type=click.Path(file_okay=False), help="Where registered datasets live.")
 @click.option("--reference-folder", type=click.Path(exists=True, file_okay=False), help="Reference images as a folder instead.")
-@click.option("--demo", is_flag=True, help="Serve the demo route's SAD map (the default when no map is given).")
+@click.option("--demo", is_flag=True, help="Serve the demo route's SAD map (the default when no map or policy store is given).")
 @click.option("--map-store", type=click.Path(file_okay=False), help="Also serve every map in this store folder.")
+@click.option("--policy-store", type=click.Path(exists=True, file_okay=False),
+              help="Serve the diffusion policies in this folder (checkpoints or training run folders, one per "
+              "sub-folder) at /v1/policies; alone, it serves no demo map.")
 @click.option("--host", default=None, help="Bind address [default: 127.0.0.1]; non-loopback needs --api-key.")
 @click.option("--port", type=int, default=None, help="[default: 8000]")
 @click.option("--api-key", "api_keys", multiple=True, help="Accepted X-API-Key (repeatable; or SPIKEBOT_API_KEYS).")
@@ -41,13 +44,16 @@ def build_settings(**given) -> ServiceSettings:
 @click.option("--torch-threads", type=int, default=None, help="torch's threads [default: usable cores less one].")
 @click.option("--log-level", default="info", show_default=True)
 def serve(map_dir, method, config_file, map_name, dataset, reference, split, data_root, reference_folder, demo,
-          map_store, host, port, api_keys, max_concurrency, max_batch, max_batch_wait_ms, torch_threads, log_level):
-    """Serve place recognition over HTTP: POST an image to /v1/maps/NAME/localize. See /docs for the API."""
+          map_store, policy_store, host, port, api_keys, max_concurrency, max_batch, max_batch_wait_ms, torch_threads,
+          log_level):
+    """Serve place recognition over HTTP: POST an image to /v1/maps/NAME/localize; and diffusion policies: POST
+    observations to /v1/policies/NAME/act. See /docs for the API."""
     import uvicorn
 
     from server.app import create_app
 
     settings = build_settings(host=host, port=port, api_keys=list(api_keys) or None, map_store=map_store,
+                              policy_store=policy_store,
                               max_concurrency=max_concurrency, max_batch=max_batch,
                               max_batch_wait_ms=max_batch_wait_ms, torch_threads=torch_threads)
     source = ReferenceSource(dataset=dataset or "demo", reference=reference, split=split, data_root=data_root,
@@ -59,10 +65,11 @@ def serve(map_dir, method, config_file, map_name, dataset, reference, split, dat
                        config_file=config_file)
     elif method is not None or dataset is not None or reference_folder is not None:
         spec = MapSpec(name=check_name(map_name or "map"), method=method or "sad", source=source, config_file=config_file)
-    elif demo or settings.map_store is None:
+    elif demo or (settings.map_store is None and settings.policy_store is None):
         spec = demo_spec(map_name or "demo")
     else:
         spec = None
     app = create_app(settings, maps=[spec] if spec else [])
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level,
+    # Frames (JPEG/PNG) and event chunks (zstd) arrive compressed: per-message deflate cost 3-6x in throughput.
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level, ws_per_message_deflate=False,
                 timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) or None)

@@ -5,6 +5,7 @@
         with client.session("campus", sequence_length=5) as session_id:
             answer = client.localize("campus", frame, session_id=session_id)   # frame: (H, W[, 3]) uint8 RGB
             print(answer.place, answer.confidence, answer.server_timing.total_ms)
+        chunk = client.act("button", history)   # history: (obs_horizon, obs_dim) observations, oldest first
 
 Answers are the service's own pydantic models (:mod:`server.schemas`). Responses 429 and 503 (``overloaded``,
 ``not_ready``, ``too_many_sessions``) and connection failures are retried ``retries`` times with exponential
@@ -33,7 +34,16 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from server.schemas import Localization, MapList, SessionCreate, SessionInfo, Status
+from server.schemas import (
+    ActionChunk,
+    ActRequest,
+    Localization,
+    MapList,
+    PolicyList,
+    SessionCreate,
+    SessionInfo,
+    Status,
+)
 
 __all__ = ["AsyncLocalisationClient", "LocalisationClient", "ServiceError", "encode_image"]
 
@@ -181,6 +191,16 @@ class _Base:
         return _Call("DELETE", f"/v1/sessions/{quote(session_id, safe='')}", lambda r: None,
                      ok_statuses=frozenset({204}))
 
+    def _policies_call(self) -> _Call:
+        return _Call("GET", "/v1/policies", lambda r: PolicyList.model_validate(r.json()))
+
+    def _act_call(self, policy: str, observations: np.ndarray, sampler: Literal["ddim", "ddpm"],
+                  inference_steps: int | None, seed: int | None) -> _Call:
+        body = ActRequest(observations=np.asarray(observations, dtype=np.float64).tolist(), sampler=sampler,
+                          inference_steps=inference_steps, seed=seed)
+        return _Call("POST", f"/v1/policies/{quote(policy, safe='')}/act",
+                     lambda r: ActionChunk.model_validate(r.json()), {"json": body.model_dump(mode="json")})
+
 
 class LocalisationClient(_Base):
     """Blocking client. ``transport=`` replaces the network (``httpx.MockTransport``, ...); ``client=`` uses a
@@ -257,6 +277,16 @@ class LocalisationClient(_Base):
     def close_session(self, session_id: str) -> None:
         """Deletes a session; ServiceError ``unknown_session`` if it is unknown or already expired."""
         self._run(self._close_session_call(session_id))
+
+    def policies(self) -> PolicyList:
+        """The served diffusion policies, with their dims and horizons."""
+        return self._run(self._policies_call())
+
+    def act(self, policy: str, observations: np.ndarray, sampler: Literal["ddim", "ddpm"] = "ddim",
+            inference_steps: int | None = None, seed: int | None = None) -> ActionChunk:
+        """The next action chunk of ``policy`` for its last obs_horizon observations, (obs_horizon, obs_dim),
+        oldest first."""
+        return self._run(self._act_call(policy, observations, sampler, inference_steps, seed))
 
     @contextmanager
     def session(self, map_name: str | None, sequence_length: int = 5,
@@ -351,6 +381,13 @@ class AsyncLocalisationClient(_Base):
 
     async def close_session(self, session_id: str) -> None:
         await self._run(self._close_session_call(session_id))
+
+    async def policies(self) -> PolicyList:
+        return await self._run(self._policies_call())
+
+    async def act(self, policy: str, observations: np.ndarray, sampler: Literal["ddim", "ddpm"] = "ddim",
+                  inference_steps: int | None = None, seed: int | None = None) -> ActionChunk:
+        return await self._run(self._act_call(policy, observations, sampler, inference_steps, seed))
 
     @asynccontextmanager
     async def session(self, map_name: str | None, sequence_length: int = 5,

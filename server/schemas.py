@@ -5,12 +5,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class Status(BaseModel):
     status: str
     maps: list[str] = []
+    policies: list[str] = []
     detail: str | None = None
 
 
@@ -104,3 +105,56 @@ class Job(BaseModel):
 
 class JobList(BaseModel):
     jobs: list[Job]
+
+
+class PolicyInfo(BaseModel):
+    """A served diffusion policy: what an act request must carry and what it gets back."""
+
+    name: str
+    task: str | None = Field(description="The task it was trained on (its checkpoint's metadata), if recorded.")
+    model: str = Field(description="Noise-prediction network: stmdp (spiking) or transformer.")
+    step: int | None = Field(description="Training step of the checkpoint, if recorded.")
+    obs_dim: int
+    action_dim: int
+    obs_horizon: int = Field(description="Observations an act request sends (the last ones, oldest first).")
+    pred_horizon: int = Field(description="Actions the network predicts per chunk.")
+    action_horizon: int = Field(description="Actions an answer holds (executed before asking again).")
+    sampler: Literal["ddim", "ddpm"] = Field(description="Sampler the policy was configured with (the request's "
+                                             "default is ddim).")
+    inference_steps: int = Field(description="DDIM steps used when a request gives none.")
+    num_train_timesteps: int = Field(description="Most DDIM steps a request may ask for; DDPM always runs all.")
+
+
+class PolicyList(BaseModel):
+    policies: list[PolicyInfo]
+
+
+class ActRequest(BaseModel):
+    """One action chunk's request (``POST /v1/policies/{name}/act``, or one WebSocket message)."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt option must not silently fall back to its default
+
+    observations: list[list[float]] = Field(
+        description="The last obs_horizon observations, oldest first, each obs_dim finite numbers (GET "
+        "/v1/policies). At the start of an episode repeat the first observation, as training windows are padded.")
+    sampler: Literal["ddim", "ddpm"] = Field("ddim", description="ddim: inference_steps deterministic steps; ddpm: "
+                                             "every training step (slower, stochastic).")
+    inference_steps: int | None = Field(None, ge=1, description="DDIM steps, at most the policy's "
+                                        "num_train_timesteps; the policy's own when omitted. Not for ddpm.")
+    seed: int | None = Field(None, ge=0, lt=2**63, description="Seeds the sampler's noise: the same request gives "
+                             "the same actions on the same device. Omitted: fresh noise every time.")
+
+
+class PolicyTiming(BaseModel):
+    queue_ms: float = Field(description="Waiting for the policy, which acts for one request at a time.")
+    inference_ms: float = Field(description="Denoising the chunk (DiffusionPolicy.predict_action).")
+    total_ms: float = Field(description="From admission to the answer: queue, inference and the worker thread.")
+
+
+class ActionChunk(BaseModel):
+    actions: list[list[float]] = Field(
+        description="action_horizon actions of action_dim numbers, to execute in order from the present step on, "
+        "then ask again. The policy's raw output: clip it to the action space before executing.")
+    sampler: Literal["ddim", "ddpm"]
+    inference_steps: int = Field(description="Denoising steps run.")
+    server_timing: PolicyTiming

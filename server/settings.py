@@ -40,6 +40,9 @@ class ServiceSettings(BaseSettings):
 
     map_store: Path | None = Field(None, description="Folder of maps (<store>/<name>/service.json) served at startup.")
     default_map: str | None = Field(None, description="Map used by sessions created without a map name.")
+    policy_store: Path | None = Field(
+        None, description="Folder of trained diffusion policies served at startup: <store>/<name>/ is a checkpoint "
+        "(policy.json) or a training run folder (its latest checkpoint).")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     api_keys: list[str] = Field(default_factory=list, description="Accepted X-API-Key values; empty = no auth.")
@@ -82,6 +85,21 @@ class ServiceSettings(BaseSettings):
         512 * 2**20, gt=0, description="Body limit of POST /v1/maps (uploaded reference images; spooled to disk); "
         "other requests keep max_body_bytes.")
     max_finished_jobs: int = Field(100, ge=1, description="Finished jobs remembered (in memory: forgotten on restart).")
+    event_processors: list[str] = Field(
+        default_factory=lambda: ["stats"], description="What /v1/events/stream runs on each 10 ms bin of event "
+        "time, by name (server.event_stream.PROCESSORS): 'stats' is always there; 'flow' and 'action' once their "
+        "models are wired in. An unknown or unavailable name stops the service at startup, not a client later.")
+    max_event_chunk_bytes: int = Field(
+        4 * 2**20, gt=0, description="Event-stream messages over this get body_too_large and close 1009.")
+    max_event_chunk_events: int = Field(
+        1_000_000, gt=0, description="Event chunks declaring more events get too_many_events and close 1009. It "
+        "also bounds what a zstd chunk may inflate to (at most 14 bytes an event) before it is inflated, and the "
+        "events one 10 ms bin may gather (10**8 events/s by default), so a stream's memory is bounded.")
+    event_queue_chunks: int = Field(
+        8, ge=1, description="Chunks an event stream holds waiting for processing. A chunk that finds them all "
+        "taken is refused (overloaded, naming its sequence number): the client resends it or lets it go.")
+    max_event_streams: int = Field(16, ge=1, description="Event streams open at once; more get too_many_streams "
+                                   "and close 1013 (try again later).")
 
     @model_validator(mode="after")
     def _keys_when_exposed(self) -> ServiceSettings:
