@@ -42,7 +42,7 @@ import anyio
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import BaseModel, Field, ValidationError
 
-from server.app import ServiceState, api_key_accepted, localize_frame
+from server.app import Admission, ServiceState, api_key_accepted, localize_frame
 from server.errors import ErrorBody, ErrorResponse, ServiceError
 from server.maps import LoadedMap
 from server.schemas import Localization
@@ -89,12 +89,16 @@ def open_stream(state: ServiceState, name: str, query: dict[str, str],
     return loaded, session, params.top_k
 
 
-def localize_in_slot(state: ServiceState, loaded: LoadedMap, data: bytes, top_k: int, session: Session) -> Localization:
-    """Runs in a worker thread: :func:`server.app.localize_frame`, then releases the concurrency slot."""
+def localize_in_slot(state: ServiceState, loaded: LoadedMap, data: bytes, top_k: int, session: Session,
+                     admission: Admission) -> Localization | None:
+    """Runs in a worker thread: :func:`server.app.localize_frame`, then gives the admission back (None, doing
+    nothing, when the message was abandoned before the thread started)."""
+    if not admission.start():
+        return None
     try:
         return localize_frame(state, loaded, data, top_k, session)
     finally:
-        state.slots.release()
+        admission.release()
 
 
 async def localize_message(state: ServiceState, loaded: LoadedMap, data: bytes | None, top_k: int,
@@ -112,13 +116,17 @@ async def localize_message(state: ServiceState, loaded: LoadedMap, data: bytes |
         state.metrics.rejected.inc()
         raise ServiceError(503, "overloaded",
                            f"{settings.max_concurrency} localisations in flight; retry the frame later")
-    # the worker releases the slot when it finishes, even after a timeout abandons it
+    admission = Admission(state, None)
+    # the worker gives the slot back when it finishes, even after a timeout abandons it; a message cancelled
+    # before its worker started (the client went away) gives it back here
     try:
         with anyio.fail_after(settings.request_timeout_seconds):
-            return await anyio.to_thread.run_sync(localize_in_slot, state, loaded, data, top_k, session,
+            return await anyio.to_thread.run_sync(localize_in_slot, state, loaded, data, top_k, session, admission,
                                                   abandon_on_cancel=True)
     except TimeoutError as error:
         raise ServiceError(504, "timeout", f"localisation took over {settings.request_timeout_seconds} s") from error
+    finally:
+        admission.release(only_if_not_started=True)
 
 
 async def send_error(websocket: WebSocket, error: ServiceError, close: bool) -> None:

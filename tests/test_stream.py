@@ -324,3 +324,28 @@ def test_stream_ends_when_its_map_goes(demo_map, queries):
             assert_error(ws.receive_json(), "unknown_map")
             assert_closed(ws, 4404)
         assert client.get("/healthz").status_code == 200
+
+
+def test_a_frame_cancelled_before_its_worker_starts_gives_its_slot_back(demo_map, queries):
+    """A client that goes away while its frame waits for a worker thread must not keep a concurrency slot."""
+    import anyio
+
+    from server.sessions import Session
+    from server.stream import localize_message
+
+    app = create_app(ServiceSettings(max_concurrency=2), maps=[Ready(demo_map)])
+    with TestClient(app) as client:
+        wait_ready(client)
+        state = app.state.service
+        session = Session("cancelled", "demo", OnlineSequenceMatcher(SequenceConfig()), time.monotonic())
+
+        async def cancelled_frame() -> None:
+            with anyio.CancelScope() as scope:
+                scope.cancel()
+                await localize_message(state, state.maps["demo"], encode(queries[0]), 3, session)
+
+        for _ in range(3):  # more cancelled frames than slots: a leak would leave none
+            anyio.run(cancelled_frame)
+        assert state.slots.acquire(blocking=False) and state.slots.acquire(blocking=False)
+        state.slots.release()
+        state.slots.release()
