@@ -56,16 +56,8 @@ class ClientNamedSessions(SessionStore):
     :class:`SessionIdFromHeader` has put the requested id; a session of that id already here is replaced.
     """
 
-    def create(self, map_name: str, config: SequenceConfig) -> Session:
-        session = super().create(map_name, config)
-        wanted = _requested_id.get()
-        if wanted is None or wanted == session.id:
-            return session
-        with self._lock:
-            self._sessions.pop(session.id, None)
-            session.id = wanted
-            self._sessions[wanted] = session
-        return session
+    def create(self, map_name: str, config: SequenceConfig, session_id: str | None = None) -> Session:
+        return super().create(map_name, config, session_id if session_id is not None else _requested_id.get())
 
 
 class SessionIdFromHeader:

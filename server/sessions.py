@@ -54,12 +54,15 @@ class SessionStore:
                 del self._sessions[sid]
         return len(expired)
 
-    def create(self, map_name: str, config: SequenceConfig) -> Session:
+    def create(self, map_name: str, config: SequenceConfig, session_id: str | None = None) -> Session:
+        """A new session under a fresh random id, or under ``session_id`` (replacing a session of that id: a
+        scaled-out deployment routes a robot's frames by the id the robot chose)."""
         self.sweep()
         with self._lock:
-            if len(self._sessions) >= self.max_sessions:
+            replacing = session_id is not None and session_id in self._sessions
+            if not replacing and len(self._sessions) >= self.max_sessions:
                 raise SessionLimitError(f"{self.max_sessions} sessions are open; delete one or wait for idle expiry")
-            session = Session(secrets.token_urlsafe(16), map_name, OnlineSequenceMatcher(config), self.clock())
+            session = Session(session_id or secrets.token_urlsafe(16), map_name, OnlineSequenceMatcher(config), self.clock())
             self._sessions[session.id] = session
         return session
 

@@ -371,3 +371,16 @@ def test_serve_options_reach_the_settings_and_admission_follows_the_batch():
     assert (settings.max_batch, settings.max_batch_wait_ms, settings.torch_threads) == (4, 0.5, 1)
     assert settings.max_concurrency == 8
     assert build_settings(max_batch=4, max_concurrency=3).max_concurrency == 3
+
+
+def test_session_store_creates_under_a_chosen_id_replacing_within_the_limit():
+    from server.sessions import SessionLimitError, SessionStore
+
+    store = SessionStore(idle_seconds=60, max_sessions=2)
+    issued = store.create("demo", SequenceConfig(length=2))
+    chosen = store.create("demo", SequenceConfig(length=3), session_id="robot-7")
+    assert chosen.id == "robot-7" and issued.id != "robot-7" and len(store) == 2
+    replaced = store.create("other", SequenceConfig(length=4), session_id="robot-7")  # at the limit, but replacing
+    assert store.get("robot-7") is replaced and replaced.map_name == "other" and len(store) == 2
+    with pytest.raises(SessionLimitError):
+        store.create("demo", SequenceConfig(), session_id="robot-8")
