@@ -316,10 +316,10 @@ def test_velocity_search_earns_its_place_under_varying_speed(sad_agent_factory):
 def test_odometry_windows_follow_speed_changes_stops_and_reversals(sad_agent_factory):
     """With the distance driven (5% noise per nominal step), the window spans places, not frames: over four
     100-step episodes of the demo route it tracks at varying speed, through stops and reversals, better than the
-    frame-spaced diagonal (about 0.70 against 0.30 at varying speed, 0.83 against 0.67 with stops, 0.84 against
-    0.74 with reversals; single pairs of episodes with stops can come out even)."""
+    frame-spaced diagonal (0.77 against 0.30 at varying speed, 0.84 against 0.67 with stops, 0.85 against 0.74
+    with reversals)."""
     accuracies = {}
-    for profile, margin in (("varying", 0.25), ("stops", 0.08), ("reversals", 0.04)):
+    for profile, margin in (("varying", 0.3), ("stops", 0.1), ("reversals", 0.07)):
         by_place, by_frame = (tracking_accuracy(sad_agent_factory(sequence), profile, [0, 1, 2, 3], odometry_noise=0.05,
                                                 max_episode_steps=100)
                               for sequence in (SequenceConfig(10, "odometry"), SequenceConfig(10)))

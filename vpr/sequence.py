@@ -13,12 +13,15 @@ frames there are.
   (``contrast_window``; 0 keeps the raw distances), then the best of several constant-velocity paths
   ``D[q-k, r - round(v k)]`` is taken.
 - ``odometry``: the window is spaced by the distance driven instead of by frames, for a robot that reports its
-  odometry (places moved since the previous frame). Frames are filed by the place they were taken at (the running
-  sum of odometry, rounded); frames of one place are averaged; the score of reference ``r`` is the mean of the
-  place rows ``P[b-k][r-k]`` for the ``length`` places ``b-k`` behind the current place ``b`` that have frames.
-  Stops add frames to one place instead of filling the window with it, and reversals revisit places already
-  filed, which is what a constant-velocity search cannot follow. It assumes reference places one odometry unit
-  apart (the registered datasets' spacing); places driven but not seen are skipped, not guessed.
+  odometry (places moved since the previous frame). A frame taken ``d`` places behind the current one is scored
+  against reference ``r - round(d + phase)``; frames that land on the same offset are averaged, and the score of
+  ``r`` is the mean over the offsets ``0 .. length-1`` that have frames. Stops add frames to one offset instead
+  of filling the window with it, and reversals revisit offsets already seen, which is what a constant-velocity
+  search cannot follow. The ``phase`` search (the best of ``odometry_phases`` offsets in [-0.5, 0.5), per
+  reference, as SeqSLAM takes the best velocity) is there because a camera shows the frame of the *nearest*
+  place: which places two frames show depends on where between places the robot is, which odometry does not
+  say. It assumes reference places one odometry unit apart (the registered datasets' spacing); places driven
+  but not seen are skipped, not guessed.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from typing import Literal
 
 import numpy as np
 
+FRAMES_PER_PLACE = 20  # odometry matching keeps up to this many frames per place of the window (stops repeat frames)
+
 
 @dataclass(frozen=True)
 class SequenceConfig:
@@ -38,6 +43,7 @@ class SequenceConfig:
     min_velocity: float = 0.8
     max_velocity: float = 1.2
     velocity_steps: int = 5
+    odometry_phases: int = 5
 
     def __post_init__(self) -> None:
         if self.length < 1:
@@ -48,10 +54,17 @@ class SequenceConfig:
             raise ValueError(f"unknown sequence matching mode {self.mode!r}: expected 'diagonal', 'seqslam' or 'odometry'")
         if self.mode == "seqslam" and not (0 < self.min_velocity <= self.max_velocity and self.velocity_steps >= 1):
             raise ValueError("seqslam needs 0 < min_velocity <= max_velocity and velocity_steps >= 1")
+        if self.odometry_phases < 1:
+            raise ValueError(f"odometry_phases must be >= 1, got {self.odometry_phases}")
 
     @property
     def velocities(self) -> np.ndarray:
         return np.linspace(self.min_velocity, self.max_velocity, self.velocity_steps)
+
+    @property
+    def phases(self) -> np.ndarray:
+        """``odometry_phases`` offsets spread evenly over [-0.5, 0.5), 0 among them when the count is odd."""
+        return (np.arange(self.odometry_phases) + 0.5) / self.odometry_phases - 0.5
 
 
 def enhance_contrast(distances: np.ndarray, window: int) -> np.ndarray:
@@ -108,20 +121,21 @@ def match_sequences(distances: np.ndarray, config: SequenceConfig, moved: np.nda
 class OnlineSequenceMatcher:
     """Sequence matching one query frame at a time: push a distance row, get the sequence-matched row.
 
-    Keeps only the last ``length`` rows (``odometry``: the mean row of each place within ``length`` places of the
-    current one); gives exactly the rows :func:`match_sequences` gives offline.
+    Keeps only the last ``length`` rows (``odometry``: the last ``FRAMES_PER_PLACE x length`` frames with their
+    positions); gives exactly the rows :func:`match_sequences` gives offline.
     """
 
     def __init__(self, config: SequenceConfig):
         self.config = config
         self._rows: deque[np.ndarray] = deque(maxlen=config.length)
         self._position = 0.0
-        self._places: dict[int, tuple[np.ndarray, int]] = {}
+        # odometry: (position, row) of recent frames; stops add many frames per place, hence the generous cap
+        self._frames: deque[tuple[float, np.ndarray]] = deque(maxlen=FRAMES_PER_PLACE * config.length)
 
     def reset(self) -> None:
         self._rows.clear()
         self._position = 0.0
-        self._places.clear()
+        self._frames.clear()
 
     def push(self, distance_row: np.ndarray, moved: float | None = None) -> np.ndarray:
         """The sequence-matched row for this frame; ``moved`` (places driven since the previous frame) is
@@ -141,18 +155,24 @@ class OnlineSequenceMatcher:
 
     def _push_by_place(self, row: np.ndarray, moved: float) -> np.ndarray:
         self._position += moved
-        here = int(round(self._position))
-        total, count = self._places.get(here, (np.zeros_like(row), 0))
-        self._places[here] = (total + row, count + 1)
-        length = self.config.length
-        self._places = {place: entry for place, entry in self._places.items() if abs(place - here) < length}
-        n_reference = row.size
-        summed = np.zeros(n_reference)
-        behind = [k for k in range(length) if here - k in self._places]
-        for k in behind:
-            total, count = self._places[here - k]
-            mean_row = total / count
-            shift = min(k, n_reference)
-            summed[shift:] += mean_row[: n_reference - shift]
-            summed[:shift] += mean_row.mean()
-        return summed / len(behind)
+        self._frames.append((self._position, row))
+        length, n_reference = self.config.length, row.size
+        behind = self._position - np.array([position for position, _ in self._frames])
+        rows = np.stack([frame_row for _, frame_row in self._frames])
+        best = None
+        for phase in self.config.phases:
+            offsets = np.rint(behind + phase).astype(int)
+            inside = (offsets >= 0) & (offsets < length)
+            counts = np.bincount(offsets[inside], minlength=length)
+            sums = np.zeros((length, n_reference))
+            np.add.at(sums, offsets[inside], rows[inside])
+            score = np.zeros(n_reference)
+            present = np.flatnonzero(counts)
+            for offset in present:
+                mean_row = sums[offset] / counts[offset]
+                shift = min(int(offset), n_reference)
+                score[shift:] += mean_row[: n_reference - shift]
+                score[:shift] += mean_row.mean()
+            score /= present.size
+            best = score if best is None else np.minimum(best, score)
+        return best
