@@ -50,6 +50,7 @@ from policy.demos import (
 from policy.diffusion import SAMPLERS, DiffusionConfig, DiffusionPolicy
 from policy.envs import EVAL_SEED0, task_spec
 from policy.models import NETWORKS, build_network, network_config, parameter_count
+from policy.models.common import added_fields
 from policy.normalise import Normaliser
 from spikebot.artefacts import file_sha256
 from vpr.errors import SpikebotError
@@ -70,11 +71,13 @@ class TrainConfig:
     """Everything a training run depends on; saved as ``config.json`` in the run folder and with every checkpoint.
 
     ``demos`` names a ``spikebot-demos/1`` file; when None, ``demo_episodes`` expert episodes from seed
-    ``demo_seed`` are recorded into the run folder. ``network`` overrides the network's default sizes (for
-    example ``{"embed_dim": 32, "n_layers": 1}``). ``obs_min_span`` is the smallest range an observation
-    dimension is scaled as (see :mod:`policy.normalise`: nearly constant dimensions are not stretched onto
-    [-1, 1]). ``device`` is ``auto`` (CUDA when available, else CPU),
-    ``cpu``, ``cuda`` or ``cuda:N``; ``torch_threads`` None keeps torch's default. ``eval_every`` 0 or
+    ``demo_seed`` are recorded into the run folder. ``network`` overrides the network's defaults (for example
+    ``{"embed_dim": 32, "n_layers": 1}``); the fields added to the networks since runs were first saved
+    (:data:`policy.models.common.ADDED_FIELDS`, such as ``direct_obs_conditioning``) are written into it, so that
+    a saved run whose ``network`` lacks one predates it and resumes with the network its checkpoints hold.
+    ``obs_min_span`` is the smallest range an observation dimension is scaled as (see :mod:`policy.normalise`:
+    nearly constant dimensions are not stretched onto [-1, 1]). ``device`` is ``auto`` (CUDA when available,
+    else CPU), ``cpu``, ``cuda`` or ``cuda:N``; ``torch_threads`` None keeps torch's default. ``eval_every`` 0 or
     ``eval_episodes`` 0 turns periodic evaluation off (a final one is still run when ``eval_episodes`` > 0).
     """
 
@@ -113,6 +116,11 @@ class TrainConfig:
             raise TrainError(str(error)) from None
         if self.model not in NETWORKS:
             raise TrainError(f"unknown model {self.model!r}: expected one of {sorted(NETWORKS)}")
+        if not isinstance(self.network, dict):
+            raise TrainError(f"network must be a dict of network fields, got {self.network!r}")
+        current = NETWORKS[self.model][0]()
+        object.__setattr__(self, "network", {**{name: getattr(current, name) for name in added_fields(type(current))},
+                                             **self.network})
         positive = ("demo_episodes", "steps", "batch_size", "obs_horizon", "pred_horizon", "action_horizon",
                     "eval_batch", "eval_inference_steps", "checkpoint_every", "keep_checkpoints")
         for name in positive:
@@ -144,7 +152,8 @@ class TrainConfig:
             raise TrainError(f"invalid configuration: {error}") from None
 
     def network_config(self):
-        return network_config(self.model, {**self.network, "obs_horizon": self.obs_horizon, "pred_horizon": self.pred_horizon})
+        return network_config(self.model, {**self.network, "obs_horizon": self.obs_horizon, "pred_horizon": self.pred_horizon},
+                              saved=False)
 
     def diffusion_config(self) -> DiffusionConfig:
         return DiffusionConfig(sampler=self.eval_sampler, num_inference_steps=self.eval_inference_steps,
@@ -155,9 +164,13 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """A saved config; its ``network`` lacks the fields added since it was saved: they take their old values."""
         unknown = set(values) - {item.name for item in fields(cls)}
         if unknown:
             raise TrainError(f"unknown TrainConfig fields: {sorted(unknown)}")
+        values = dict(values)
+        if values.get("model") in NETWORKS and isinstance(values.get("network"), dict):
+            values["network"] = {**added_fields(NETWORKS[values["model"]][0]), **values["network"]}
         return cls(**values)
 
     def save(self, path: Path) -> None:

@@ -165,9 +165,57 @@ def test_modulation_switch_removes_the_smd_and_changes_the_output():
     assert build_network(STMDPConfig(**TINY, attend_condition=False))(*inputs).shape == (4, 16, 4)
 
 
+@pytest.mark.parametrize("kind", ["transformer", "stmdp"])
+def test_direct_obs_conditioning_maps_the_observation_history_onto_the_action_tokens(kind):
+    direct = TINY_CONFIGS[kind]
+    assert direct.direct_obs_conditioning  # on for new networks
+    torch.manual_seed(0)
+    network = build_network(direct)
+    plain = build_network(replace(direct, direct_obs_conditioning=False))
+    assert network.obs_to_actions.weight.shape == (32, 2 * 39) and plain.obs_to_actions is None
+    assert parameter_count(network) - parameter_count(plain) == 2 * 39 * 32 + 32
+    missing, unexpected = plain.load_state_dict(network.state_dict(), strict=False)
+    assert not missing and sorted(unexpected) == ["obs_to_actions.bias", "obs_to_actions.weight"]
+    # Cut the cross-attention path: with obs_embed zeroed the condition memory (and STMDP's modulation code) is
+    # the same for every observation, so only the direct map can carry the observation to the output.
+    for model in (network, plain):
+        torch.nn.init.zeros_(model.obs_embed.weight)
+        torch.nn.init.zeros_(model.obs_embed.bias)
+    noisy, timesteps, obs = example_inputs(network, batch=4)
+    other_obs = obs.roll(1, dims=0)
+    assert torch.equal(plain(noisy, timesteps, obs), plain(noisy, timesteps, other_obs))
+    assert not torch.allclose(network(noisy, timesteps, obs), network(noisy, timesteps, other_obs))
+    network(noisy, timesteps, obs).square().mean().backward()
+    assert network.obs_to_actions.weight.grad.abs().sum() > 0
+
+
+def test_configs_saved_before_direct_obs_conditioning_rebuild_their_network_without_it(tmp_path):
+    for config in TINY_CONFIGS.values():
+        saved = config.to_dict()
+        del saved["direct_obs_conditioning"]  # as written before the field existed
+        assert network_config(config.kind, saved) == replace(config, direct_obs_conditioning=False)
+        assert network_config(config.kind, saved, saved=False) == config  # overrides of today's defaults
+    # A whole checkpoint of that time: its config lacks the field and its weights lack the map.
+    policy, obs, actions = tiny_policy("stmdp")
+    policy = DiffusionPolicy(build_network(replace(policy.network_config, direct_obs_conditioning=False)), policy.normaliser,
+                             policy.config, device="cpu")
+    train(policy, obs, actions, steps=2)
+    folder = policy.save(tmp_path / "old")
+    manifest = json.loads((folder / "policy.json").read_text())
+    del manifest["network"]["config"]["direct_obs_conditioning"]
+    (folder / "policy.json").write_text(json.dumps(manifest))
+    loaded = DiffusionPolicy.load(folder, device="cpu")
+    assert not loaded.network_config.direct_obs_conditioning and loaded.network.obs_to_actions is None
+    first = policy.predict_action(obs[:2], generator=torch.Generator().manual_seed(3))
+    assert torch.equal(first, loaded.predict_action(obs[:2], generator=torch.Generator().manual_seed(3)))
+
+
 def test_configs_round_trip_and_reject_unknown_fields():
-    for config in (TransformerConfig(n_layers=2), STMDPConfig(neuron=NeuronConfig(method="triangle"), modulation=False)):
+    for config in (TransformerConfig(n_layers=2), TransformerConfig(direct_obs_conditioning=False),
+                   STMDPConfig(neuron=NeuronConfig(method="triangle"), modulation=False),
+                   STMDPConfig(direct_obs_conditioning=False)):
         assert network_config(config.kind, json.loads(json.dumps(config.to_dict()))) == config
+        assert type(config).from_dict(config.to_dict(), saved=False) == config
     with pytest.raises(ValueError):
         network_config("stmdp", {"embed": 3})
     with pytest.raises(ValueError):

@@ -145,6 +145,32 @@ def test_resuming_on_other_demonstrations_under_the_same_name_is_refused(tmp_pat
         train(TrainConfig(**{**config.to_dict(), "steps": 2}), tmp_path / "run", progress=False)
 
 
+def test_runs_saved_before_direct_obs_conditioning_resume_with_the_network_they_trained(tmp_path, demo_file):
+    config = TrainConfig(task=TASK, model="transformer", demos=str(demo_file), steps=1, batch_size=4, network=TINY,
+                         eval_episodes=0, device="cpu")
+    assert config.network == {"direct_obs_conditioning": True, **TINY}  # written out, so a saved run says which
+    assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    # A run of that time: trained without the map, config.json and the checkpoint written without the field.
+    old = TrainConfig(**{**config.to_dict(), "network": {**TINY, "direct_obs_conditioning": False}})
+    run = tmp_path / "run"
+    result = train(old, run, progress=False)
+    document = json.loads((run / "config.json").read_text())
+    del document["config"]["network"]["direct_obs_conditioning"]
+    (run / "config.json").write_text(json.dumps(document))
+    manifest = json.loads((result.checkpoint / "policy.json").read_text())
+    del manifest["network"]["config"]["direct_obs_conditioning"]
+    del manifest["metadata"]["train_config"]["network"]["direct_obs_conditioning"]
+    (result.checkpoint / "policy.json").write_text(json.dumps(manifest))
+    assert TrainConfig.load(run / "config.json") == old
+
+    longer = {**config.to_dict(), "steps": 2}
+    with pytest.raises(TrainError, match="another configuration.*direct_obs_conditioning"):
+        train(TrainConfig(**longer), run, progress=False)  # today's default network is not the one it trained
+    resumed = train(TrainConfig(**{**longer, "network": old.network}), run, progress=False)
+    assert (resumed.start_step, resumed.step) == (1, 2)
+    assert DiffusionPolicy.load(resumed.checkpoint, device="cpu").network.obs_to_actions is None
+
+
 def test_eval_cli_reports_well_formed_metrics(tmp_path, demo_file):
     cli = CliRunner()
     assert cli.invoke(policy, train_args(demo_file, tmp_path / "run", "transformer", 2)).exit_code == 0

@@ -23,11 +23,13 @@ NETWORKS: dict[str, tuple[type, type[nn.Module]]] = {
 NetworkConfig = TransformerConfig | STMDPConfig
 
 
-def network_config(kind: str, values: dict[str, Any] | None = None) -> NetworkConfig:
-    """The configuration of network ``kind`` from a dict (defaults for missing fields)."""
+def network_config(kind: str, values: dict[str, Any] | None = None, *, saved: bool = True) -> NetworkConfig:
+    """The configuration of network ``kind`` from a saved dict (``to_dict``, as in a checkpoint: fields added since
+    it was saved take the values that rebuild the saved network), or with ``saved=False`` from overrides of
+    today's defaults (a new network)."""
     if kind not in NETWORKS:
         raise ValueError(f"unknown network {kind!r}: expected one of {sorted(NETWORKS)}")
-    return NETWORKS[kind][0].from_dict(values or {})
+    return NETWORKS[kind][0].from_dict(values or {}, saved=saved)
 
 
 def build_network(config: NetworkConfig) -> nn.Module:

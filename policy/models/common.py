@@ -19,12 +19,26 @@ def check_sizes(config: Any) -> None:
         raise ValueError(f"embed_dim ({config.embed_dim}) must be a multiple of n_heads ({config.n_heads})")
 
 
-def known_fields(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+ADDED_FIELDS: dict[str, Any] = {"direct_obs_conditioning": False}
+"""Fields added to the network configurations after checkpoints were first saved, each with the value that
+rebuilds the networks saved before it existed: a saved configuration that lacks one describes such a network."""
+
+
+def added_fields(cls: type) -> dict[str, Any]:
+    """The :data:`ADDED_FIELDS` that configuration class ``cls`` has, with their values for older saves."""
+    names = {field.name for field in fields(cls)}
+    return {name: value for name, value in ADDED_FIELDS.items() if name in names}
+
+
+def known_fields(cls: type, values: dict[str, Any], *, saved: bool = True) -> dict[str, Any]:
+    """``values`` checked against ``cls``'s fields. A ``saved`` configuration (``to_dict``, as a checkpoint holds it)
+    that lacks an added field gets the field's old value, so an older checkpoint rebuilds the network its weights
+    belong to; with ``saved=False`` the values override today's defaults (a new network)."""
     names = {field.name for field in fields(cls)}
     unknown = set(values) - names
     if unknown:
         raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
-    return dict(values)
+    return {**added_fields(cls), **values} if saved else dict(values)
 
 
 def sinusoidal_embedding(timesteps: torch.Tensor, dim: int) -> torch.Tensor:

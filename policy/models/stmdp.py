@@ -38,6 +38,15 @@ the condition reaches them two ways, each switchable for ablation:
   from one step to the next, so their effect on each LIF is integrated over T like any other input. With
   ``modulation = False`` the gains and biases are 0 and gates 1 (the code and Wm do not exist).
 
+Direct observation conditioning (``direct_obs_conditioning``, on for new networks), as in the baseline: one
+linear map of the whole normalised observation history, ``W vec(obs)``, is added to every action token's
+embedding, which is the input current of the decoder's membrane stream u before its first LIF layer. The
+condition then drives the decoder's first spikes directly instead of only through attention to the condition
+spikes or through the modulation (trained on button-press-v3 without it, the predicted first x action barely
+moved with the button's x position). Like the other embeddings it reads real values (multiply-accumulates).
+Networks saved without the field were built without the map and load with it off
+(:data:`policy.models.common.ADDED_FIELDS`).
+
 The output is read from the membrane stream, not from spikes: noise = Head(LN(mean over T of u)) (a non-spiking
 readout, as regression SNNs use), so the prediction is not quantised to T + 1 rate levels.
 """
@@ -83,6 +92,7 @@ class STMDPConfig:
     code_dim: int = 64
     causal_attention: bool = True
     lif_input_gain: float = 1.5
+    direct_obs_conditioning: bool = True
 
     def __post_init__(self) -> None:
         check_sizes(self)
@@ -95,8 +105,9 @@ class STMDPConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> STMDPConfig:
-        values = known_fields(cls, values)
+    def from_dict(cls, values: dict[str, Any], *, saved: bool = True) -> STMDPConfig:
+        """A saved configuration (``to_dict``), or with ``saved=False`` overrides of the defaults (see ``known_fields``)."""
+        values = known_fields(cls, values, saved=saved)
         if isinstance(values.get("neuron"), dict):
             values["neuron"] = NeuronConfig(**values["neuron"])
         return cls(**values)
@@ -164,7 +175,7 @@ class SpikingTransformerDenoiser(nn.Module):
     """forward(noisy_actions (B, pred_horizon, A), timestep (B,), obs_cond (B, obs_horizon, obs_dim)) -> noise."""
 
     #: Linear maps that read real values, not spikes: their cost is multiply-accumulates (see policy.models.cost).
-    real_valued_layers: ClassVar[tuple[str, ...]] = ("action_embed", "obs_embed", "head")
+    real_valued_layers: ClassVar[tuple[str, ...]] = ("action_embed", "obs_embed", "obs_to_actions", "head")
 
     def __init__(self, config: STMDPConfig) -> None:
         super().__init__()
@@ -174,6 +185,7 @@ class SpikingTransformerDenoiser(nn.Module):
         self.action_pos = nn.Parameter(torch.zeros(1, config.pred_horizon, d))
         self.obs_embed = nn.Linear(config.obs_dim, d)
         self.cond_pos = nn.Parameter(torch.zeros(1, n_cond, d))
+        self.obs_to_actions = nn.Linear(config.obs_horizon * config.obs_dim, d) if config.direct_obs_conditioning else None
         self.encoder = nn.ModuleList(
             SpikingBlock(config, torch.ones(n_cond, n_cond, dtype=torch.bool)) for _ in range(config.n_cond_layers))
         self.cond_norm = nn.LayerNorm(d)
@@ -222,6 +234,8 @@ class SpikingTransformerDenoiser(nn.Module):
         timestep = as_timesteps(timestep, noisy_actions.shape[0], noisy_actions.device)
         memory, code = self.encode_condition(timestep, obs_cond)
         x = self.action_embed(noisy_actions) + self.action_pos
+        if self.obs_to_actions is not None:
+            x = x + self.obs_to_actions(obs_cond.flatten(1)).unsqueeze(1)
         u = x.unsqueeze(0).expand(self.config.time_steps, *x.shape)
         for block in self.decoder:
             u = block(u, memory if self.config.attend_condition else None, code)
