@@ -75,7 +75,8 @@ def demos_command(task, episodes, seed, max_episode_steps, out):
               help="Step limit of evaluation episodes [default: the task's, 500].")
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=500, show_default=True)
 @click.option("--network", "network_json", default="{}", show_default=True,
-              help='Network size overrides as JSON, e.g. \'{"embed_dim": 64, "n_layers": 2}\'.')
+              help='Network overrides as JSON, e.g. \'{"embed_dim": 64, "n_layers": 2}\' or '
+                   '\'{"direct_obs_conditioning": false}\' (the design before it, and to resume runs saved before it).')
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when available), cpu, cuda or cuda:N.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads [default: torch's].")
