@@ -15,6 +15,8 @@ from pathlib import Path
 import click
 import numpy as np
 
+from events.action.cli import action_data, action_eval, action_train
+from events.flow.cli import COMMANDS as FLOW_COMMANDS
 from events.io import FORMATS, EventRecording, read_events, write_events_npz
 from events.simulator import ClipConfig, EsimConfig, load_photograph, simulate_clip
 from vpr.errors import SpikebotError
@@ -33,6 +35,13 @@ def _run_guarded(function):
 @click.group()
 def events() -> None:
     """Event cameras: read event files, simulate events with ground-truth optical flow."""
+
+
+events.add_command(action_data)
+events.add_command(action_train)
+events.add_command(action_eval)
+for _command in FLOW_COMMANDS:
+    events.add_command(_command)
 
 
 @events.command()
