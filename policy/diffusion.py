@@ -35,7 +35,7 @@ from policy.models import (
     parameter_count,
 )
 from policy.models.cost import InferenceCost, count_macs, is_spiking, spiking_cost
-from policy.models.spiking import record_activity
+from spikebot.spiking import record_activity
 from policy.normalise import Normaliser
 from spikebot.artefacts import file_sha256, read_checked_manifest
 from spikebot.provenance import __version__, git_commit

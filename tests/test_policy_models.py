@@ -23,7 +23,7 @@ from policy.models import (
     parameter_count,
 )
 from policy.models.cost import example_inputs, forward_cost
-from policy.models.spiking import (
+from spikebot.spiking import (
     NeuronConfig,
     lif_multistep,
     lif_multistep_norse,

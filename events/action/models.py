@@ -10,7 +10,7 @@ Action Recognition", ICLR 2024; no public code, built from the paper's descripti
 
 - the 9 features are rate-coded into spike trains over ``time_steps`` (16) steps;
 - every layer is a linear map and batch normalisation producing currents for LIF neurons (norse's box LIF,
-  via :mod:`policy.models.spiking`: tau = 2 steps, threshold 1, hard reset, SuperSpike surrogate);
+  via :mod:`spikebot.spiking`: tau = 2 steps, threshold 1, hard reset, SuperSpike surrogate);
 - residual blocks are identity mappings on the currents (pre-activation: LIF -> linear -> BN, twice, added to
   the block's input currents), so every linear map reads binary spikes (the multiply-free accumulate that makes
   an SNN cheap) and the identity path carries no neuron that could block the gradient;
@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from events.action.points import FEATURES, rate_code
-from policy.models.spiking import MultiStepLIF, NeuronConfig
+from spikebot.spiking import MultiStepLIF, NeuronConfig
 
 
 class _ConfigMixin:

@@ -47,7 +47,7 @@ from events.action.points import (
     group_points,
     sample_points,
 )
-from policy.models.spiking import record_activity
+from spikebot.spiking import record_activity
 from spikebot.artefacts import file_sha256, read_checked_manifest
 from spikebot.progress import progress
 from spikebot.provenance import __version__, git_commit

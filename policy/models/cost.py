@@ -2,7 +2,7 @@
 
 A weight matrix that reads real values costs one multiply-accumulate (MAC) per weight per token; one that reads
 spikes costs one accumulate per spike per synapse it drives (a synaptic operation, SOP = spikes x fan-out),
-counted by :func:`policy.models.spiking.record_activity` from the spikes of an actual run. MACs of real-valued
+counted by :func:`spikebot.spiking.record_activity` from the spikes of an actual run. MACs of real-valued
 layers are counted by torch's ``FlopCounterMode`` (matrix products only); the spiking network's other
 real-valued products (the SMD's gains and gates) are added from its shapes. Normalisation, activation
 functions, softmax and neuron updates are left out for both networks, as in the Spikformer / Spike-driven
@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from policy.models.spiking import ActivityReport, MultiStepLIF, record_activity
+from spikebot.spiking import ActivityReport, MultiStepLIF, record_activity
 
 ENERGY_PJ_PER_MAC = 4.6
 ENERGY_PJ_PER_AC = 0.9

@@ -3,7 +3,7 @@
 Interface and horizons are the baseline's (:mod:`policy.models.transformer`): noisy actions (B, 16, A), timestep
 (B,) and observation history (B, 2, obs_dim) in, predicted noise (B, 16, A) out. Inside, every tensor carries T
 simulation steps first, (T, B, tokens, features); stateless layers act on all steps at once, LIF neurons
-(:mod:`policy.models.spiking`, tau = 2 steps, threshold 1) loop over T.
+(:mod:`spikebot.spiking`, tau = 2 steps, threshold 1) loop over T.
 
 Firing. Each LIF layer is fed by a LayerNorm, whose gain starts at ``lif_input_gain`` = 1.5: with unit gain a
 tau = 2 neuron needs an input above ~1.07 to fire within T = 4 steps and layers fire ~3% of the time at
@@ -67,7 +67,7 @@ from policy.models.common import (
     known_fields,
     sinusoidal_embedding,
 )
-from policy.models.spiking import MultiStepLIF, NeuronConfig
+from spikebot.spiking import MultiStepLIF, NeuronConfig
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,7 @@
 """Multi-step LIF neurons for spiking transformers: a functional core, a thin module, and activity recording.
 
+Shared by the spiking diffusion policy (:mod:`policy.models.stmdp`) and SpikePoint (:mod:`events.action.models`).
+
 The neuron is norse's current-free ("box") LIF, :func:`norse.torch.functional.lif_box.lif_box_feed_forward_step`,
 with normalised potentials: rest and reset 0, threshold 1. Spiking transformers (Spikformer, Spike-driven
 Transformer) use a LIF with tau = 2 simulation steps, ``v <- v + (x - v) / 2``; norse's box LIF gives exactly that
