@@ -97,6 +97,19 @@ def _path_mean(distances: np.ndarray, length: int, velocity: float) -> np.ndarra
     return total / count
 
 
+def _last_path_mean(rows: np.ndarray, velocity: float) -> np.ndarray:
+    """The last row of :func:`_path_mean` over all of ``rows`` (at most ``length`` of them): what an online
+    matcher needs per frame, without the paths of earlier frames."""
+    n_rows, n_reference = rows.shape
+    total = np.zeros(n_reference)
+    for k in range(n_rows):
+        row = rows[n_rows - 1 - k]
+        shift = min(int(round(velocity * k)), n_reference)
+        total[shift:] += row[: n_reference - shift]
+        total[:shift] += row.mean()
+    return total / n_rows
+
+
 def match_sequences(distances: np.ndarray, config: SequenceConfig, moved: np.ndarray | None = None) -> np.ndarray:
     """Sequence-matched distances, same shape as ``distances``; ``length == 1`` returns them unchanged (not so
     for ``odometry``, which still averages the frames of one place). ``moved``: per query frame, the places driven
@@ -151,7 +164,12 @@ class OnlineSequenceMatcher:
             self._rows.append(distance_row)
             return self._push_by_place(distance_row.astype(np.float64), float(moved))
         self._rows.append(distance_row)
-        return match_sequences(np.stack(self._rows), self.config)[-1]
+        rows = np.stack(self._rows)
+        if self.config.mode == "diagonal":
+            return rows[-1] if self.config.length == 1 else _last_path_mean(rows, 1.0)
+        if self.config.contrast_window:
+            rows = enhance_contrast(rows, self.config.contrast_window)
+        return np.min([_last_path_mean(rows, velocity) for velocity in self.config.velocities], axis=0)
 
     def _push_by_place(self, row: np.ndarray, moved: float) -> np.ndarray:
         self._position += moved
