@@ -141,12 +141,14 @@ class OnlineSequenceMatcher:
     def __init__(self, config: SequenceConfig):
         self.config = config
         self._rows: deque[np.ndarray] = deque(maxlen=config.length)
+        self._enhanced: deque[np.ndarray] = deque(maxlen=config.length)  # seqslam: rows contrast-enhanced once
         self._position = 0.0
         # odometry: (position, row) of recent frames; stops add many frames per place, hence the generous cap
         self._frames: deque[tuple[float, np.ndarray]] = deque(maxlen=FRAMES_PER_PLACE * config.length)
 
     def reset(self) -> None:
         self._rows.clear()
+        self._enhanced.clear()
         self._position = 0.0
         self._frames.clear()
 
@@ -164,11 +166,11 @@ class OnlineSequenceMatcher:
             self._rows.append(distance_row)
             return self._push_by_place(distance_row.astype(np.float64), float(moved))
         self._rows.append(distance_row)
-        rows = np.stack(self._rows)
         if self.config.mode == "diagonal":
-            return rows[-1] if self.config.length == 1 else _last_path_mean(rows, 1.0)
-        if self.config.contrast_window:
-            rows = enhance_contrast(rows, self.config.contrast_window)
+            return distance_row if self.config.length == 1 else _last_path_mean(np.stack(self._rows), 1.0)
+        window = self.config.contrast_window
+        self._enhanced.append(enhance_contrast(distance_row[None], window)[0] if window else distance_row)
+        rows = np.stack(self._enhanced)
         return np.min([_last_path_mean(rows, velocity) for velocity in self.config.velocities], axis=0)
 
     def _push_by_place(self, row: np.ndarray, moved: float) -> np.ndarray:
