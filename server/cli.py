@@ -35,6 +35,10 @@ def build_settings(**given) -> ServiceSettings:
 @click.option("--policy-store", type=click.Path(exists=True, file_okay=False),
               help="Serve the diffusion policies in this folder (checkpoints or training run folders, one per "
               "sub-folder) at /v1/policies; alone, it serves no demo map.")
+@click.option("--flow-model", type=click.Path(exists=True, file_okay=False),
+              help="A flow model (spikebot events flow-train): /v1/events/stream's 'flow' processor.")
+@click.option("--action-model", type=click.Path(exists=True, file_okay=False),
+              help="An action model (spikebot events action-train): /v1/events/stream's 'action' processor.")
 @click.option("--host", default=None, help="Bind address [default: 127.0.0.1]; non-loopback needs --api-key.")
 @click.option("--port", type=int, default=None, help="[default: 8000]")
 @click.option("--api-key", "api_keys", multiple=True, help="Accepted X-API-Key (repeatable; or SPIKEBOT_API_KEYS).")
@@ -44,8 +48,8 @@ def build_settings(**given) -> ServiceSettings:
 @click.option("--torch-threads", type=int, default=None, help="torch's threads [default: usable cores less one].")
 @click.option("--log-level", default="info", show_default=True)
 def serve(map_dir, method, config_file, map_name, dataset, reference, split, data_root, reference_folder, demo,
-          map_store, policy_store, host, port, api_keys, max_concurrency, max_batch, max_batch_wait_ms, torch_threads,
-          log_level):
+          map_store, policy_store, flow_model, action_model, host, port, api_keys, max_concurrency, max_batch,
+          max_batch_wait_ms, torch_threads, log_level):
     """Serve place recognition over HTTP: POST an image to /v1/maps/NAME/localize; and diffusion policies: POST
     observations to /v1/policies/NAME/act. See /docs for the API."""
     import uvicorn
@@ -53,7 +57,8 @@ def serve(map_dir, method, config_file, map_name, dataset, reference, split, dat
     from server.app import create_app
 
     settings = build_settings(host=host, port=port, api_keys=list(api_keys) or None, map_store=map_store,
-                              policy_store=policy_store,
+                              policy_store=policy_store, event_flow_model=flow_model,
+                              event_action_model=action_model,
                               max_concurrency=max_concurrency, max_batch=max_batch,
                               max_batch_wait_ms=max_batch_wait_ms, torch_threads=torch_threads)
     source = ReferenceSource(dataset=dataset or "demo", reference=reference, split=split, data_root=data_root,
@@ -69,7 +74,10 @@ def serve(map_dir, method, config_file, map_name, dataset, reference, split, dat
         spec = demo_spec(map_name or "demo")
     else:
         spec = None
-    app = create_app(settings, maps=[spec] if spec else [])
+    try:
+        app = create_app(settings, maps=[spec] if spec else [])
+    except ValueError as error:  # an unknown processor, a model that does not load: say so, no traceback
+        raise click.UsageError(str(error)) from error
     # Frames (JPEG/PNG) and event chunks (zstd) arrive compressed: per-message deflate cost 3-6x in throughput.
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level, ws_per_message_deflate=False,
                 timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) or None)

@@ -23,8 +23,19 @@ Bins: event time is cut into 10 ms bins at multiples of 10,000 us; a bin is comp
 event at or after its end arrives (or at "end"). Bins without events are skipped, so a pause in the stream
 costs nothing: an answer's ``t_start_us`` says which bin it is. Processors (:class:`BinProcessor`) see the
 completed bins in order. ``stats`` answers every bin with its event count, ON and OFF counts and a count image
-downsampled to at most 16 cells a side (``cell_px`` pixels square). ``flow`` (optical flow, downsampled) and
-``action`` (labels per window) plug in through :data:`PROCESSORS` once their models are wired in.
+downsampled to at most 16 cells a side (``cell_px`` pixels square). Two more run trained models, loaded at
+startup from the settings ``event_flow_model`` and ``event_action_model`` (without one, asking for its processor
+says which setting to set):
+
+- ``flow`` answers every bin with events with the flow a :mod:`events.flow` network estimates, stepped bin by bin
+  with its memory: ``u`` and ``v`` (right and down, sensor pixels per 10 ms), each a grid of at most 16 cells a side
+  (``cell_px`` pixels square, the cell's mean), ``empty_bins`` (the bins without events stepped before this one,
+  at most 20) and ``compute_ms``. Sensors over 128 pixels a side are downsampled for the network by a whole
+  factor (``events.flow.streaming``'s docstring: why, and what a pause does to its memory).
+- ``action`` answers every window of the model's (0.5 s every 0.25 s by default, from the stream's first 10 ms
+  bin; ``t_start_us``/``t_end_us`` are the window's) with at least the model's ``min_events`` events: ``label``,
+  ``probabilities`` (class name to probability, summing to 1), ``events`` and ``compute_ms``; a window is answered
+  once a bin at or after its end is complete (``events.action.streaming``).
 
 Sequence numbers and back-pressure: a chunk whose sequence number is not above the last queued one is refused
 (``sequence_not_increasing``). Chunks wait in a queue of ``event_queue_chunks``; one arriving when the queue is
@@ -57,8 +68,10 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 import anyio
@@ -66,11 +79,17 @@ import numpy as np
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from events.action.streaming import ActionState, action_step, for_sensor
+from events.action.training import ActionModel
+from events.flow.models import FlowNet
+from events.flow.streaming import FlowGrid, FlowState, flow_step
+from events.flow.training import FlowModel
 from events.io import EVENT_DTYPE
 from events.packing import ChunkError, ChunkHeader, ChunkTooLargeError, decode_chunk, read_header
 from server.app import api_key_accepted
 from server.errors import ServiceError
 from server.settings import ServiceSettings
+from vpr.errors import SpikebotError
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +182,7 @@ def split_bins(pending: Pending, events: np.ndarray, sequence: int, final: bool 
 
 
 class BinProcessor(Protocol):
-    """Something run on every completed bin of a stream: the stats below, later the flow network, the action model.
+    """Something run on every completed bin of a stream: the stats, the flow network, the action model below.
 
     ``push`` gets the bins one chunk completed (possibly none; ``Bins`` of several) and returns its answers, each
     a JSON-ready dict that starts with ``Bins.header`` (time span and chunk sequence numbers) for the bins it
@@ -206,26 +225,94 @@ class EventStats:
                 for k in range(len(bins))]
 
 
+class FlowProcessor:
+    """``flow``: a trained flow network stepped on every bin, its state kept per stream (events.flow.streaming)."""
+
+    name = "flow"
+
+    def __init__(self, network: FlowNet, width: int, height: int):
+        self.network, self.grid, self.state = network, FlowGrid.for_sensor(width, height), FlowState()
+
+    def push(self, bins: Bins) -> list[dict[str, Any]]:
+        answers = []
+        for k in range(len(bins)):
+            started = time.perf_counter()
+            flow, self.state, empty = flow_step(self.network, self.grid, self.state,
+                                                bins.events[bins.bounds[k] : bins.bounds[k + 1]], int(bins.index[k]))
+            answers.append({"type": self.name, **bins.header(k), "cell_px": self.grid.cell_px, "u": flow[0].tolist(),
+                            "v": flow[1].tolist(), "empty_bins": empty,
+                            "compute_ms": round((time.perf_counter() - started) * 1e3, 3)})
+        return answers
+
+
+class ActionProcessor:
+    """``action``: a trained action model on every complete window (events.action.streaming). Keeps the chunk
+    numbers of the bins its unclassified windows cover, for the answers' ``seq_first`` and ``seq_last``."""
+
+    name = "action"
+
+    def __init__(self, model: ActionModel, width: int, height: int):
+        self.model, self.state = for_sensor(model, width, height), ActionState()
+        self.seqs = np.empty((3, 0), np.int64)  # bin number, first and last chunk, per bin
+
+    def push(self, bins: Bins) -> list[dict[str, Any]]:
+        if not len(bins):
+            return []
+        windows, self.state = action_step(self.model, self.state, bins.events, (int(bins.index[-1]) + 1) * BIN_US)
+        seqs = np.concatenate([self.seqs, [bins.index, bins.seq_first, bins.seq_last]], axis=1)
+        answers = []
+        for window in windows:
+            covered = seqs[:, ((seqs[0] + 1) * BIN_US > window.start_us) & (seqs[0] * BIN_US < window.end_us)]
+            answers.append({"type": self.name, "t_start_us": window.start_us, "t_end_us": window.end_us,
+                            "seq_first": int(covered[1, 0]), "seq_last": int(covered[2, -1]), "label": window.label,
+                            "probabilities": dict(zip(self.model.classes, window.probabilities.tolist())),
+                            "events": window.events, "compute_ms": round(window.compute_ms, 3)})
+        self.seqs = seqs[:, (seqs[0] + 1) * BIN_US > self.state.next_start]
+        return answers
+
+
 PROCESSORS: dict[str, ProcessorFactory] = {"stats": EventStats}
-"""Processors by name; the service runs those its ``event_processors`` setting names."""
+"""Processors that need no model, by name; the service runs those its ``event_processors`` setting names."""
 
-NOT_WIRED = {
-    "flow": "the optical-flow network (events/flow/) is not wired into the service yet",
-    "action": "the action model (events/action/) is not wired into the service yet",
+UNAVAILABLE = {
+    "flow": "set event_flow_model (SPIKEBOT_EVENT_FLOW_MODEL, spikebot serve --flow-model) to a saved flow model "
+            "folder (spikebot events flow-train)",
+    "action": "set event_action_model (SPIKEBOT_EVENT_ACTION_MODEL, spikebot serve --action-model) to a saved "
+              "action model folder (spikebot events action-train)",
 }
-"""Known names whose models are not in the service yet: asking for one says so instead of 'unknown'."""
+"""Processors that need a model: what to set to have one."""
 
 
-def processor_factories(names: Sequence[str]) -> dict[str, ProcessorFactory]:
-    """The factories for ``names``, or ValueError saying which name is unknown or unavailable, and why."""
+def model_processors(settings: ServiceSettings) -> dict[str, ProcessorFactory]:
+    """The ``flow`` and ``action`` processors of the models the settings name, loaded now (once, shared by every
+    stream: each stream keeps only its state); ValueError naming the setting when a model is missing or corrupt."""
+    def load(setting: str, loader: Callable[[Any], Any]) -> Any:
+        try:
+            return loader(getattr(settings, setting))
+        except SpikebotError as error:
+            raise ValueError(f"{setting}: {error}") from error
+
+    factories: dict[str, ProcessorFactory] = {}
+    if settings.event_flow_model is not None:
+        factories["flow"] = partial(FlowProcessor, load("event_flow_model", FlowModel.load).network)
+    if settings.event_action_model is not None:
+        factories["action"] = partial(ActionProcessor, load("event_action_model", ActionModel.load)[0])
+    return factories
+
+
+def processor_factories(names: Sequence[str], models: dict[str, ProcessorFactory] | None = None
+                        ) -> dict[str, ProcessorFactory]:
+    """The factories for ``names`` among :data:`PROCESSORS` and ``models`` (:func:`model_processors`), or
+    ValueError saying which name is unknown or unavailable, and why."""
+    available = PROCESSORS | (models or {})
     if not names:
         raise ValueError("no event processors: name at least one (e.g. 'stats')")
     for name in names:
-        if name in NOT_WIRED and name not in PROCESSORS:
-            raise ValueError(f"event processor {name!r} is unavailable: {NOT_WIRED[name]}")
-        if name not in PROCESSORS:
-            raise ValueError(f"unknown event processor {name!r}; known: {sorted(PROCESSORS)}")
-    return {name: PROCESSORS[name] for name in dict.fromkeys(names)}
+        if name in UNAVAILABLE and name not in available:
+            raise ValueError(f"event processor {name!r} is unavailable: {UNAVAILABLE[name]}")
+        if name not in available:
+            raise ValueError(f"unknown event processor {name!r}; known: {sorted(available)}")
+    return {name: available[name] for name in dict.fromkeys(names)}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -340,8 +427,9 @@ class StreamMetrics:
 
 def build_event_stream_router(settings: ServiceSettings, registry: CollectorRegistry) -> APIRouter:
     """The ``/v1/events/stream`` router; ValueError at once when ``settings.event_processors`` names a processor
-    that is unknown or not available, so a misconfigured service does not start."""
-    enabled = processor_factories(settings.event_processors)
+    that is unknown or not available, or a model setting a missing or corrupt model, so a misconfigured service
+    does not start."""
+    enabled = processor_factories(settings.event_processors, model_processors(settings))
     metrics = StreamMetrics(registry)
     router = APIRouter(prefix="/v1")
     end = object()

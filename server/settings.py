@@ -85,10 +85,19 @@ class ServiceSettings(BaseSettings):
         512 * 2**20, gt=0, description="Body limit of POST /v1/maps (uploaded reference images; spooled to disk); "
         "other requests keep max_body_bytes.")
     max_finished_jobs: int = Field(100, ge=1, description="Finished jobs remembered (in memory: forgotten on restart).")
+    event_flow_model: Path | None = Field(
+        None, description="A saved flow model folder (spikebot events flow-train): /v1/events/stream's 'flow' "
+        "processor. Loaded at startup; a missing or corrupt folder stops the service.")
+    event_action_model: Path | None = Field(
+        None, description="A saved action model folder (spikebot events action-train): /v1/events/stream's "
+        "'action' processor. Loaded at startup; a missing or corrupt folder stops the service.")
     event_processors: list[str] = Field(
-        default_factory=lambda: ["stats"], description="What /v1/events/stream runs on each 10 ms bin of event "
-        "time, by name (server.event_stream.PROCESSORS): 'stats' is always there; 'flow' and 'action' once their "
-        "models are wired in. An unknown or unavailable name stops the service at startup, not a client later.")
+        default_factory=lambda data: ["stats"] + ["flow"] * (data.get("event_flow_model") is not None)
+        + ["action"] * (data.get("event_action_model") is not None),
+        description="What /v1/events/stream runs on each 10 ms bin of event time, by name "
+        "(server.event_stream.PROCESSORS): 'stats' is always there, 'flow' and 'action' when event_flow_model and "
+        "event_action_model name their models. Defaults to all of them. An unknown or unavailable name stops the "
+        "service at startup, not a client later.")
     max_event_chunk_bytes: int = Field(
         4 * 2**20, gt=0, description="Event-stream messages over this get body_too_large and close 1009.")
     max_event_chunk_events: int = Field(

@@ -31,12 +31,14 @@ from events.action.models import (
 from events.action.points import (
     FEATURES,
     PointConfig,
+    Windows,
     clip_windows,
     farthest_point_sampling,
     group_points,
     rate_code,
     sample_points,
 )
+from events.action.streaming import ActionState, action_step, for_sensor
 from events.action.training import (
     ActionModel,
     ActionModelError,
@@ -45,6 +47,7 @@ from events.action.training import (
     train,
 )
 from events.io import make_events
+from events.representations import window_bounds
 from spikebot.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -274,6 +277,63 @@ def test_corrupt_models_are_refused(tiny_set, tmp_path):
     (folder / "model.json").write_text(json.dumps(manifest))
     with pytest.raises(ActionModelError, match="format"):
         ActionModel.load(folder)
+
+
+def tiny_action_model(kind: str = "spikepoint") -> ActionModel:
+    """An untrained model with the tiny preprocessing (150 ms windows every 75 ms, 8 events at least)."""
+    torch.manual_seed(0)
+    network = build_model(model_config(kind, SMALL_NETWORKS[kind] | {"n_classes": len(CLASSES)})).eval()
+    return ActionModel(network, TINY_POINTS, TINY.width, TINY.height)
+
+
+def offline_windows(model: ActionModel, events: np.ndarray, t_start: int, t_end: int) -> list[tuple]:
+    """(start, events, label, probabilities) of every complete window with enough events, each classified alone."""
+    starts, bounds = window_bounds(events["t"], model.points.window_us, model.points.stride_us, t_start=t_start,
+                                   t_end=t_end, include_incomplete=False)
+    answers = []
+    for start, (lo, hi) in zip(starts, bounds):
+        if hi - lo >= model.points.min_events:
+            window = Windows(np.zeros(1, np.int64), np.array([start]), np.array([lo]), np.array([hi]))
+            probabilities = torch.softmax(model.predict(events, window, seed=int(start)), 1)[0].numpy()
+            answers.append((int(start), hi - lo, model.classes[probabilities.argmax()], probabilities))
+    return answers
+
+
+@pytest.mark.parametrize("kind", ["spikepoint", "pointnet"])
+def test_streamed_windows_equal_offline_classification_however_the_stream_is_cut(kind):
+    """Events from 1.234 s: windows from 1.23 s every 75 ms; a 2 s pause, whose windows are skipped, then 0.2 s of
+    events, and 0.4 s later 5 events, too few for a window: the windows that hold them are skipped."""
+    model = tiny_action_model(kind)
+    rng = np.random.default_rng(0)
+    t = np.concatenate([1_234_000 + np.sort(rng.integers(0, 400_000, 600)), 3_700_000 + np.arange(0, 200_000, 400),
+                        [4_300_000 + 1000 * k for k in range(5)]])
+    events = make_events(t, rng.integers(0, 24, len(t)), rng.integers(0, 24, len(t)), rng.integers(0, 2, len(t)))
+    end = 4_500_000
+    expected = offline_windows(model, events, 1_230_000, end)
+    assert len(expected) > 8 and expected[-1][0] < 3_900_000
+    for cuts in ([len(t)], [1, 250, 251, 900, len(t)], list(range(0, len(t) + 1, 37)) + [len(t)]):
+        state, answers, held = ActionState(), [], 0
+        for lo, hi in zip([0] + cuts[:-1], cuts):
+            chunk = events[lo:hi]
+            known = end if hi == len(t) else int(events["t"][hi])  # nothing before the next chunk's first event
+            step_answers, state = action_step(model, state, chunk, known)
+            answers += step_answers
+            held = max(held, sum(len(part) for part in state.parts))
+        assert [(a.start_us, a.events, a.label) for a in answers] == [e[:3] for e in expected]
+        for answer, (_, _, _, probabilities) in zip(answers, expected):
+            assert answer.end_us - answer.start_us == 150_000 and answer.compute_ms > 0
+            np.testing.assert_allclose(answer.probabilities, probabilities, atol=1e-6)
+            assert answer.probabilities.sum() == pytest.approx(1, abs=1e-5)
+        assert held <= 500 + len(chunk)  # at most one window's events (the densest: 150 ms at 2.5 per ms) + a chunk
+
+
+def test_streamed_points_are_normalised_over_the_streams_sensor():
+    model = tiny_action_model()
+    wide = for_sensor(model, 640, 480)
+    assert (wide.width, wide.height, wide.network, wide.points) == (640, 480, model.network, model.points)
+    events = make_events(np.arange(0, 150_000, 1000), np.full(150, 600), np.full(150, 400), np.zeros(150))
+    answers, _ = action_step(wide, ActionState(), events, 160_000)
+    assert len(answers) == 1 and answers[0].events == 150
 
 
 def test_cli_data_train_eval(tmp_path):

@@ -6,18 +6,27 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
+from events.action.models import build_model, model_config
+from events.action.points import PointConfig, Windows
+from events.action.streaming import for_sensor
+from events.action.training import ActionModel
+from events.flow.models import FlowNet, FlowNetConfig
+from events.flow.training import FlowModel, FlowTrainConfig, predict_sequence
 from events.io import EVENT_DTYPE, make_events
 from events.packing import HEADER_SIZE, encode_chunk, pack_header, read_header
-from events.representations import to_count_images
+from events.representations import to_count_images, window_bounds
 from server import event_stream
 from server.app import create_app
 from server.event_stream import (
@@ -145,16 +154,125 @@ def test_event_stats_count_each_bin_on_a_coarse_grid():
 
 def test_processor_names_are_checked_with_a_reason():
     assert list(processor_factories(["stats", "stats"])) == ["stats"]
-    with pytest.raises(ValueError, match="'flow' is unavailable: the optical-flow network"):
+    with pytest.raises(ValueError, match="'flow' is unavailable: set event_flow_model"):
         processor_factories(["stats", "flow"])
-    with pytest.raises(ValueError, match="'action' is unavailable"):
+    with pytest.raises(ValueError, match="'action' is unavailable: set event_action_model"):
         processor_factories(["action"])
     with pytest.raises(ValueError, match="unknown event processor 'vibes'; known: \\['stats'\\]"):
         processor_factories(["vibes"])
+    assert list(processor_factories(["flow", "stats"], {"flow": EventStats})) == ["flow", "stats"]
     with pytest.raises(ValueError, match="no event processors"):
         processor_factories([])
     with pytest.raises(ValueError, match="'flow' is unavailable"):  # the service does not start half-configured
         create_app(ServiceSettings(event_processors=["stats", "flow"]))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The trained models: tiny untrained ones saved as training saves them
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    """A flow model (LSTM, 4-8 channels) and a SpikePoint action model (24x24 sensor, 150 ms windows every 75 ms,
+    8 events at least), untrained, saved."""
+    root = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    flow_config = FlowNetConfig(kind="lstm", channels=(4, 8))
+    FlowModel(FlowNet(flow_config).eval(), FlowTrainConfig(network=flow_config, crop=16), [1]).save(root / "flow")
+    network = build_model(model_config("spikepoint", {"local_dim": 8, "global_dim": 16, "time_steps": 4})).eval()
+    points = PointConfig(window_ms=150.0, stride_ms=75.0, n_points=64, n_centroids=8, k=8, min_events=8)
+    ActionModel(network, points, 24, 24).save(root / "action")
+    return {"flow": root / "flow", "action": root / "action"}
+
+
+def test_a_model_setting_serves_its_processor_and_a_bad_model_stops_the_service(models, tmp_path, monkeypatch):
+    settings = ServiceSettings(event_flow_model=models["flow"], event_action_model=models["action"])
+    assert settings.event_processors == ["stats", "flow", "action"]  # given a model, its processor runs
+    assert ServiceSettings(event_action_model=models["action"]).event_processors == ["stats", "action"]
+    monkeypatch.setenv("SPIKEBOT_EVENT_FLOW_MODEL", str(models["flow"]))
+    assert ServiceSettings().event_processors == ["stats", "flow"]
+    monkeypatch.delenv("SPIKEBOT_EVENT_FLOW_MODEL")
+    with pytest.raises(ValueError, match="event_flow_model: not a spikebot flow model .needs flow_model.json"):
+        create_app(ServiceSettings(event_flow_model=tmp_path / "missing"))
+    corrupt = tmp_path / "action"
+    shutil.copytree(models["action"], corrupt)
+    (corrupt / "weights.pt").write_bytes(b"not weights")
+    with pytest.raises(ValueError, match="event_action_model: corrupt action model: .* does not match the checksum"):
+        create_app(ServiceSettings(event_action_model=corrupt))
+    with pytest.raises(ValueError, match="event_action_model: not a spikebot action model"):  # the other kind
+        create_app(ServiceSettings(event_action_model=models["flow"]))
+    with pytest.raises(ValueError, match="'flow' is unavailable: set event_flow_model"):
+        create_app(ServiceSettings(event_processors=["stats", "flow"], event_action_model=models["action"]))
+
+
+def test_serve_options_name_the_models(models, tmp_path, monkeypatch):
+    import uvicorn
+    from click.testing import CliRunner
+
+    from server.cli import serve
+
+    served = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: served.append(app))
+    result = CliRunner().invoke(serve, ["--flow-model", str(models["flow"]), "--action-model", str(models["action"]),
+                                        "--torch-threads", "1"])
+    assert result.exit_code == 0, result.output
+    assert served[0].state.service.settings.event_processors == ["stats", "flow", "action"]
+    result = CliRunner().invoke(serve, ["--flow-model", str(tmp_path / "missing")])
+    assert result.exit_code == 2 and "does not exist" in result.output
+    not_a_model = tmp_path / "empty"
+    not_a_model.mkdir()
+    result = CliRunner().invoke(serve, ["--flow-model", str(not_a_model), "--torch-threads", "1"])
+    assert result.exit_code == 2 and "event_flow_model" in result.output and "Traceback" not in result.output
+
+
+def test_flow_and_action_answer_as_the_models_do_offline(models):
+    """640x480 events for 0.31 s with a pause of 5 bins: flow for every bin with events (the empty bins stepped as
+    zeros), action for each complete 150 ms window, from the stream's first bin (1.23 s)."""
+    parts = [random_events(9000, WIDTH, HEIGHT, seed=1, t0=1_234_000, max_step=30),  # to bin 136
+             random_events(4000, WIDTH, HEIGHT, seed=2, t0=1_420_000, max_step=60)]  # bins 142-153
+    events = join_events(*parts)
+    with started(event_flow_model=models["flow"], event_action_model=models["action"]) as client, \
+            client.websocket_connect(f"{URL}?processors=flow,action") as ws:
+        messages = []
+        for chunk in chunks_of(events, 1500, compress=True):
+            ws.send_bytes(chunk)
+            messages += until_ack(ws, read_header(chunk).sequence)
+        ws.send_text('{"type": "end"}')
+        rest, code = until_closed(ws)
+    assert code == 1000
+    flows, actions = of_type(messages + rest, "flow"), of_type(messages + rest, "action")
+
+    bin_of = events["t"] // BIN_US
+    first = int(bin_of[0])
+    assert [f["t_start_us"] // BIN_US for f in flows] == np.unique(bin_of).tolist()  # every bin with events
+    network = FlowModel.load(models["flow"]).network
+    span = int(bin_of[-1]) - first + 1  # the pause is shorter than 20 bins: every bin is stepped
+    counts = to_count_images(events, HEIGHT, WIDTH, BIN_US, t_start=first * BIN_US, num_bins=span)
+    pooled = counts.reshape(span, 2, 96, 5, 128, 5).sum(axis=(3, 5))  # 640x480 -> 128x96: 5x5 pixels each
+    offline = predict_sequence(network, pooled)[np.unique(bin_of) - first]
+    cells = offline.reshape(len(offline), 2, 12, 8, 16, 8).mean(axis=(3, 5)) * 5  # 40-pixel cells, sensor pixels
+    for answer, expected in zip(flows, cells):
+        assert answer["cell_px"] == 40 and answer["compute_ms"] > 0
+        u, v = np.array(answer["u"]), np.array(answer["v"])
+        assert u.shape == v.shape == (12, 16) and np.isfinite(u).all() and np.isfinite(v).all()
+        np.testing.assert_allclose(np.stack([u, v]), expected, atol=6e-4)
+    assert [f["empty_bins"] for f in flows if f["empty_bins"]] == [5]  # the pause: bins 137-141
+    assert np.abs(cells).max() > 0.01
+
+    model = for_sensor(ActionModel.load(models["action"])[0], WIDTH, HEIGHT)
+    starts, bounds = window_bounds(events["t"], 150_000, 75_000, t_start=first * BIN_US,
+                                   t_end=(int(bin_of[-1]) + 1) * BIN_US, include_incomplete=False)
+    assert [a["t_start_us"] for a in actions] == starts.tolist() == [1_230_000, 1_305_000, 1_380_000]
+    chunk_of = np.arange(len(events)) // 1500
+    for answer, start, (lo, hi) in zip(actions, starts, bounds):
+        window = Windows(np.zeros(1, np.int64), np.array([start]), np.array([lo]), np.array([hi]))
+        expected = torch.softmax(model.predict(events, window, seed=int(start)), 1)[0].numpy()
+        probabilities = np.array(list(answer["probabilities"].values()))
+        assert list(answer["probabilities"]) == list(model.classes) and answer["events"] == hi - lo
+        assert answer["label"] == model.classes[expected.argmax()] and answer["t_end_us"] == start + 150_000
+        np.testing.assert_allclose(probabilities, expected, atol=1e-6)
+        assert probabilities.sum() == pytest.approx(1, abs=1e-5)
+        assert (answer["seq_first"], answer["seq_last"]) == (chunk_of[lo], chunk_of[hi - 1])
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from events.flow.dataset import (
 )
 from events.flow.metrics import FlowErrors, endpoint_errors
 from events.flow.models import ConvLIF, FlowNet, FlowNetConfig, pad_to_multiple, parameter_count
+from events.flow.streaming import FlowGrid, FlowState, flow_step
 from events.flow.training import (
     FlowModel,
     FlowModelError,
@@ -32,7 +33,8 @@ from events.flow.training import (
     zero_flow,
 )
 from events.flow.visualise import colour_wheel, flow_to_rgb, render_flow_panels
-from events.io import EVENT_DTYPE, EventRecording, write_events_npz
+from events.io import EVENT_DTYPE, EventRecording, make_events, write_events_npz
+from events.representations import to_count_images
 from events.simulator import AffineMotion, ClipConfig, simulate_clip
 from spikebot.cli import main
 
@@ -227,6 +229,50 @@ def test_bad_checkpoints_and_configs_are_refused(tiny_set, tmp_path):
         FlowModel.load(tmp_path / "model")
     with pytest.raises(FlowModelError, match="crop must be a positive multiple of 4"):
         FlowTrainConfig(network=FlowNetConfig(**TINY), crop=18)
+
+
+# -- streaming -------------------------------------------------------------------------------------------------------
+
+def test_flow_grid_downsamples_large_sensors_by_a_whole_factor():
+    assert FlowGrid.for_sensor(128, 128) == FlowGrid(128, 128, 1, 8)  # small enough: fed as it is
+    grid = FlowGrid.for_sensor(640, 480)
+    assert (grid.factor, grid.input_size, grid.shape, grid.cell_px) == (5, (96, 128), (12, 16), 40)
+    grid = FlowGrid.for_sensor(1280, 720)
+    assert (grid.factor, grid.input_size, grid.shape, grid.cell_px) == (10, (72, 128), (9, 16), 80)
+    grid = FlowGrid.for_sensor(346, 260)
+    assert (grid.factor, grid.input_size, grid.shape) == (3, (87, 116), (11, 15))
+
+
+def test_streamed_flow_equals_stepping_the_network_offline_with_empty_bins_as_zeros():
+    """A 50x30 sensor downsampled by 4 (13x8, padded to 16x8 for the network) on a 4x4-cell grid with cells cut
+    at the edges; bins 1 and 2 follow without a gap, bin 5 after two empty bins, bin 38 after 32, cut to 3."""
+    torch.manual_seed(0)
+    network = FlowNet(FlowNetConfig(kind="lstm", **TINY)).eval()
+    grid = FlowGrid.for_sensor(50, 30, max_side=16, side=4)
+    assert (grid.factor, grid.input_size, grid.cell, grid.shape) == (4, (8, 13), 4, (2, 4))
+    rng = np.random.default_rng(0)
+    bins = [1, 2, 5, 38]
+    events = np.concatenate([make_events(np.sort(rng.integers(b * 10_000, (b + 1) * 10_000, 200)),
+                                         rng.integers(0, 50, 200), rng.integers(0, 30, 200), rng.integers(0, 2, 200))
+                             for b in bins])
+    state, streamed = FlowState(), []
+    for b in bins:
+        flow, state, empty = flow_step(network, grid, state, events[events["t"] // 10_000 == b], b, max_gap_bins=3)
+        streamed.append((flow, empty))
+    assert [empty for _, empty in streamed] == [0, 0, 2, 3]
+    with pytest.raises(ValueError, match="bin 38 does not follow bin 38"):
+        flow_step(network, grid, state, events[:0], 38)
+
+    full = to_count_images(events, 30, 50, 10_000, t_start=0, num_bins=39)  # sensor-sized count images
+    pooled = np.pad(full, ((0, 0), (0, 0), (0, 2), (0, 2))).reshape(39, 2, 8, 4, 13, 4).sum(axis=(3, 5))
+    fed = [1, 2, 3, 4, 5, 35, 36, 37, 38]  # empty bins 3, 4 and the last three before 38
+    flows = predict_sequence(network, pooled[fed])[[fed.index(b) for b in bins]]
+    inside = np.pad(np.ones((8, 13)), ((0, 0), (0, 3))).reshape(2, 4, 4, 4).sum(axis=(1, 3))
+    cells = np.pad(flows, ((0, 0), (0, 0), (0, 0), (0, 3))).reshape(4, 2, 2, 4, 4, 4).sum(axis=(3, 5)) / inside
+    for (flow, _), expected in zip(streamed, cells * 4):  # coarse pixels per bin -> sensor pixels per bin
+        assert flow.shape == (2, 2, 4) and np.isfinite(flow).all()
+        np.testing.assert_allclose(flow, expected, atol=6e-4)
+    assert np.abs(cells).max() > 0.01  # not all rounded away
 
 
 # -- command line ----------------------------------------------------------------------------------------------------

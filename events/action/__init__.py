@@ -9,6 +9,8 @@
   ``PointNetClassifier``, chosen by name.
 - :mod:`events.action.training`: ``ActionTrainConfig``, ``train``, ``evaluate`` and the saved ``ActionModel``
   (``spikebot-action-model/1``).
+- :mod:`events.action.streaming`: sliding windows of a live stream classified with the model's own
+  preprocessing, for the service's event stream.
 - :mod:`events.action.cli`: ``spikebot events action-data``, ``action-train`` and ``action-eval``.
 
 Importing the package loads nothing heavy; torch and norse come with the models and training modules.

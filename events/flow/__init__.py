@@ -8,6 +8,8 @@
 - :mod:`events.flow.metrics`: average endpoint error and outlier rate over a mask.
 - :mod:`events.flow.training`: training, saved models, evaluation of any set of estimators.
 - :mod:`events.flow.visualise`: colour-wheel flow pictures.
+- :mod:`events.flow.streaming`: the trained network stepped bin by bin on a live stream (downsampling, empty
+  bins, coarse grid), for the service's event stream.
 - :mod:`events.flow.cli`: ``spikebot events flow-data | flow-train | flow-eval | flow-show``.
 
 Importing the package loads nothing heavy; torch and norse come with :mod:`events.flow.models`.
