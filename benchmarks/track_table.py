@@ -17,7 +17,8 @@ def main() -> None:
         dataset = config["dataset"]
         key = (f"{dataset['name']} {dataset['reference']} -> {dataset['query']} ({dataset['split']})",
                f"{agent['method']['name']}, {agent['sequence']['mode']}"
-               + (f" (contrast window {agent['sequence']['contrast_window']})" if agent['sequence']['mode'] == 'seqslam' else ""))
+               + (f" (contrast window {agent['sequence']['contrast_window']})" if agent['sequence']['mode'] == 'seqslam' else "")
+               + (f" (odometry noise {config['env_options']['odometry_noise']})" if agent['sequence']['mode'] == 'odometry' else ""))
         rows.setdefault(key, {})[config["speed_profile"]] = metrics
     print("| route (split) | agent, L = 10 | constant | varying | varying - constant | steps | latency p50 ms |")
     print("|---|---|---|---|---|---|---|")
@@ -26,7 +27,8 @@ def main() -> None:
         gap = f"{varying - constant:+.3f}" if constant is not None and varying is not None else ""
         steps = "/".join(str(by_profile[p]["steps"]) for p in ("constant", "varying") if p in by_profile)
         latency = "/".join(f"{by_profile[p]['latency_ms']['p50']:.1f}" for p in ("constant", "varying") if p in by_profile)
-        print(f"| {route} | {agent} | {constant:.3f} | {varying:.3f} | {gap} | {steps} | {latency} |")
+        shown = ("-" if value is None else f"{value:.3f}" for value in (constant, varying))
+        print(f"| {route} | {agent} | {' | '.join(shown)} | {gap} | {steps} | {latency} |")
 
 
 if __name__ == "__main__":
