@@ -337,7 +337,7 @@ def build_policies_router() -> APIRouter:
         return PolicyList(policies=[loaded.info for loaded in policies.policies.values()])
 
     @router.post("/policies/{name}/act", response_model=ActionChunk, dependencies=keyed,
-                 responses=_responses(401, 404, 413, 422, 500, 503, 504))
+                 responses=_responses(400, 401, 404, 413, 422, 500, 503, 504))
     async def act_route(name: str, body: ActRequest, state: StateDep, policies: PoliciesDep) -> ActionChunk:
         """The next action_horizon actions of policy ``name`` for its last obs_horizon observations."""
         return await act(state, policies, policies.get(name), body)

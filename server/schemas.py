@@ -141,8 +141,9 @@ class ActRequest(BaseModel):
                                              "every training step (slower, stochastic).")
     inference_steps: int | None = Field(None, ge=1, description="DDIM steps, at most the policy's "
                                         "num_train_timesteps; the policy's own when omitted. Not for ddpm.")
-    seed: int | None = Field(None, ge=0, lt=2**63, description="Seeds the sampler's noise: the same request gives "
-                             "the same actions on the same device. Omitted: fresh noise every time.")
+    seed: int | None = Field(None, ge=0, le=2**32 - 1,
+                             description="Seeds the sampler's noise (0 .. 2^32 - 1): the same request gives the same "
+                             "actions on the same device. Omitted: fresh noise every time.")
 
 
 class PolicyTiming(BaseModel):

@@ -138,7 +138,7 @@ def test_bad_requests_get_coded_errors_and_the_service_keeps_acting(store):
             assert "finite" in assert_error(response, 422, "bad_observations"), bad
         assert "at most 20" in assert_error(act(client, inference_steps=21), 422, "invalid_request")
         assert "ddpm" in assert_error(act(client, sampler="ddpm", inference_steps=4), 422, "invalid_request")
-        for body in ({"sampler": "euler"}, {"inference_steps": 0}, {"seed": -1}, {"inference_step": 4}):
+        for body in ({"sampler": "euler"}, {"inference_steps": 0}, {"seed": -1}, {"seed": 2**32}, {"inference_step": 4}):
             assert_error(act(client, **body), 422, "invalid_request")
         assert_error(client.post("/v1/policies/button/act", json={"obs": obs}), 422, "invalid_request")
         assert act(client).status_code == 200
