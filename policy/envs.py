@@ -15,7 +15,13 @@ Every environment is built through Gymnasium as ``gymnasium.make("spikebot/<task
   condition: build one environment per seed. ``reset(seed=...)`` with another seed is refused, not ignored.
 - **Episode end**: ``terminated`` when ``info["success"]`` becomes 1.0 (the task is solved), ``truncated`` after
   ``max_episode_steps`` steps (500, Metaworld's horizon for these tasks).
-- **Arguments**: ``seed`` (int >= 0, required), ``max_episode_steps`` (through ``gymnasium.make``).
+- **Arguments**: ``seed`` (int >= 0, required), ``max_episode_steps`` (through ``gymnasium.make``), and the two
+  wrappers diffusion policies need: ``obs_horizon`` (default 1: the observation becomes ``Box(obs_horizon,
+  39)``, the last observations oldest first, the reset observation repeated at the start; Gymnasium's
+  ``FrameStackObservation``) and ``action_horizon`` (default 1: the action becomes ``Box(-1, 1,
+  (action_horizon, 4))``, a chunk executed in order, stopping early at the episode's end, with the rewards summed;
+  :class:`ActionChunking`). With chunks, ``max_episode_steps`` counts chunks; Metaworld's own 500-step horizon
+  still ends the episode.
 
 Metaworld itself is imported only when an environment or expert is built: importing it costs half a second and
 registers its own environments, which the ``spikebot`` command line does not need to start.
@@ -93,7 +99,32 @@ class FixedSeed(gymnasium.Wrapper):
         return self.env.reset(seed=seed, options=options)
 
 
-def _metaworld_env(task: str, seed: int) -> gymnasium.Env:
+class ActionChunking(gymnasium.Wrapper):
+    """One step executes a chunk of actions in order, as diffusion policies act (Chi et al.'s executed horizon):
+    the observation after the last executed action, the rewards summed, and the chunk cut short when the
+    episode ends inside it (``info["executed"]`` says how many actions ran)."""
+
+    def __init__(self, env: gymnasium.Env, action_horizon: int):
+        super().__init__(env)
+        single = env.action_space
+        shape = (action_horizon, *single.shape)
+        self.action_space = gymnasium.spaces.Box(np.broadcast_to(single.low, shape), np.broadcast_to(single.high, shape),
+                                                 dtype=single.dtype)
+
+    def step(self, chunk):
+        chunk = np.asarray(chunk)
+        if chunk.shape != self.action_space.shape:
+            raise ValueError(f"expected a chunk of shape {self.action_space.shape}, got {chunk.shape}")
+        total = 0.0
+        for executed, action in enumerate(chunk, start=1):
+            observation, reward, terminated, truncated, info = self.env.step(action)
+            total += float(reward)
+            if terminated or truncated:
+                break
+        return observation, total, terminated, truncated, {**info, "executed": executed}
+
+
+def _metaworld_env(task: str, seed: int, obs_horizon: int = 1, action_horizon: int = 1) -> gymnasium.Env:
     """Gymnasium entry point of ``spikebot/<task>``: Metaworld's goal-observable env for ``seed``, terminating on
     success (the same construction as ``gymnasium.make("Meta-World/goal_observable", ...)``, without its checker)."""
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
@@ -106,7 +137,15 @@ def _metaworld_env(task: str, seed: int) -> gymnasium.Env:
     # Metaworld 3.1 keeps the goal-hidden observation space (goal bounds 0..0) on goal-observable envs; the space
     # it clips observations to is the right one.
     env.observation_space = env.sawyer_observation_space
-    return FixedSeed(AutoTerminateOnSuccessWrapper(env), int(seed))
+    for name, horizon in (("obs_horizon", obs_horizon), ("action_horizon", action_horizon)):
+        if not isinstance(horizon, (int, np.integer)) or isinstance(horizon, bool) or horizon < 1:
+            raise ValueError(f"{name} must be an int >= 1, not {horizon!r}")
+    wrapped: gymnasium.Env = FixedSeed(AutoTerminateOnSuccessWrapper(env), int(seed))
+    if obs_horizon > 1:
+        wrapped = gymnasium.wrappers.FrameStackObservation(wrapped, int(obs_horizon))
+    if action_horizon > 1:
+        wrapped = ActionChunking(wrapped, int(action_horizon))
+    return wrapped
 
 
 def register_envs() -> None:

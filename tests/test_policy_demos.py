@@ -229,3 +229,43 @@ def test_cli_refuses_an_unknown_task(tmp_path):
 
 def test_demo_error_is_a_user_error():
     assert issubclass(DemoError, SpikebotError)
+
+
+def test_observation_history_and_action_chunks_through_gymnasium_make():
+    """The wrappers a diffusion policy needs: the last 2 observations in, 8 actions executed per step; the same
+    episode as stepping the plain environment action by action."""
+    register_envs()
+    chunked = gymnasium.make("spikebot/push-v3", seed=5, obs_horizon=2, action_horizon=8)
+    plain = make_env("push-v3", 5)
+    assert chunked.observation_space.shape == (2, OBSERVATION_DIM) and chunked.action_space.shape == (8, ACTION_DIM)
+    history, _ = chunked.reset()
+    first, _ = plain.reset()
+    assert np.array_equal(history[0], first) and np.array_equal(history[1], first)  # the reset frame repeated
+    expert = expert_policy("push-v3")
+    chunk = np.stack([expert(first)] * 8)
+    history, reward, terminated, truncated, info = chunked.step(chunk)
+    seen, rewards = [first], []
+    for action in chunk:
+        observation, step_reward, *_ = plain.step(action)
+        seen.append(observation)
+        rewards.append(step_reward)
+    assert np.allclose(history, np.stack(seen[-2:])) and reward == pytest.approx(sum(rewards))
+    assert info["executed"] == 8 and not (terminated or truncated)
+    with pytest.raises(ValueError, match="chunk of shape"):
+        chunked.step(np.zeros((4, ACTION_DIM), dtype=np.float32))
+    with pytest.raises(ValueError, match="action_horizon must be an int >= 1"):
+        gymnasium.make("spikebot/push-v3", seed=5, action_horizon=0)
+
+
+def test_a_chunk_stops_at_the_episode_end():
+    register_envs()
+    env = gymnasium.make("spikebot/button-press-v3", seed=0, action_horizon=4, max_episode_steps=3)
+    env.reset()
+    zeros = np.zeros((4, ACTION_DIM), dtype=np.float32)
+    assert [env.step(zeros)[3] for _ in range(3)] == [False, False, True]  # max_episode_steps counts chunks
+    env = gymnasium.make("spikebot/button-press-v3", seed=0, action_horizon=8)
+    env.reset()
+    zeros = np.zeros((8, ACTION_DIM), dtype=np.float32)
+    outcomes = [env.step(zeros) for _ in range(63)]  # Metaworld's 500 steps end inside the 63rd chunk
+    assert not any(truncated for *_, truncated, _ in outcomes[:62])
+    assert outcomes[-1][3] and outcomes[-1][4]["executed"] == 500 - 62 * 8
