@@ -12,7 +12,8 @@ Every environment is built through Gymnasium as ``gymnasium.make("spikebot/<task
 - **Reward**: Metaworld's v2 shaped reward in [0, 10]; the policies here never use it.
 - **Start state**: the object and goal positions are drawn from the task's random reset space by the seed given
   at construction, and every ``reset()`` returns to the same start. One seed is one episode's initial
-  condition: build one environment per seed. ``reset(seed=...)`` with another seed is refused, not ignored.
+  condition. ``reset(seed=...)`` with another seed builds that seed's environment (Metaworld itself would ignore
+  the seed and replay the old start), so Gymnasium's checker and vector environments reseed as they expect.
 - **Episode end**: ``terminated`` when ``info["success"]`` becomes 1.0 (the task is solved), ``truncated`` after
   ``max_episode_steps`` steps (500, Metaworld's horizon for these tasks).
 - **Arguments**: ``seed`` (int >= 0, required), ``max_episode_steps`` (through ``gymnasium.make``), and the two
@@ -79,23 +80,23 @@ def task_spec(task: str) -> TaskSpec:
         raise ValueError(f"unknown task {task!r}; known tasks: {', '.join(TASKS)}") from None
 
 
-class FixedSeed(gymnasium.Wrapper):
-    """Refuses ``reset(seed=...)`` with a seed other than the one the environment was built with.
+class RebuildOnNewSeed(gymnasium.Wrapper):
+    """``reset(seed=...)`` with a seed other than the current one builds Metaworld's environment for that seed.
 
-    Metaworld ignores the seed passed to ``reset``: its start state is fixed at construction. Gymnasium code
-    that reseeds through ``reset`` would silently replay the construction seed's episode; this says so instead.
+    Metaworld fixes the start state at construction and ignores the seed passed to ``reset``: Gymnasium code that
+    reseeds through ``reset`` would silently replay the old episode. Rebuilding makes a seed mean one episode
+    whichever way it is given.
     """
 
-    def __init__(self, env: gymnasium.Env, seed: int):
-        super().__init__(env)
-        self.seed = seed
+    def __init__(self, task: str, seed: int):
+        super().__init__(_metaworld_core(task, seed))
+        self.task, self.seed = task, int(seed)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         if seed is not None and seed != self.seed:
-            raise ValueError(
-                f"this environment was built with seed {self.seed}; Metaworld fixes the start state at construction, "
-                f"so build a new one for seed {seed} (policy.envs.make_env(task, {seed}))"
-            )
+            rebuilt = _metaworld_core(self.task, seed)
+            self.env.close()
+            self.env, self.seed = rebuilt, int(seed)
         return self.env.reset(seed=seed, options=options)
 
 
@@ -124,9 +125,9 @@ class ActionChunking(gymnasium.Wrapper):
         return observation, total, terminated, truncated, {**info, "executed": executed}
 
 
-def _metaworld_env(task: str, seed: int, obs_horizon: int = 1, action_horizon: int = 1) -> gymnasium.Env:
-    """Gymnasium entry point of ``spikebot/<task>``: Metaworld's goal-observable env for ``seed``, terminating on
-    success (the same construction as ``gymnasium.make("Meta-World/goal_observable", ...)``, without its checker)."""
+def _metaworld_core(task: str, seed: int) -> gymnasium.Env:
+    """Metaworld's goal-observable env for ``seed``, terminating on success (the same construction as
+    ``gymnasium.make("Meta-World/goal_observable", ...)``, without its checker)."""
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed must be an int >= 0 (it fixes the start state), not {seed!r}")
     from metaworld.env_dict import ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE
@@ -137,10 +138,15 @@ def _metaworld_env(task: str, seed: int, obs_horizon: int = 1, action_horizon: i
     # Metaworld 3.1 keeps the goal-hidden observation space (goal bounds 0..0) on goal-observable envs; the space
     # it clips observations to is the right one.
     env.observation_space = env.sawyer_observation_space
+    return AutoTerminateOnSuccessWrapper(env)
+
+
+def _metaworld_env(task: str, seed: int, obs_horizon: int = 1, action_horizon: int = 1) -> gymnasium.Env:
+    """Gymnasium entry point of ``spikebot/<task>`` (see the module docstring)."""
     for name, horizon in (("obs_horizon", obs_horizon), ("action_horizon", action_horizon)):
         if not isinstance(horizon, (int, np.integer)) or isinstance(horizon, bool) or horizon < 1:
             raise ValueError(f"{name} must be an int >= 1, not {horizon!r}")
-    wrapped: gymnasium.Env = FixedSeed(AutoTerminateOnSuccessWrapper(env), int(seed))
+    wrapped: gymnasium.Env = RebuildOnNewSeed(task, seed)
     if obs_horizon > 1:
         wrapped = gymnasium.wrappers.FrameStackObservation(wrapped, int(obs_horizon))
     if action_horizon > 1:

@@ -49,9 +49,10 @@ def test_the_env_contract():
     observation, _ = env.reset()
     assert env.observation_space.contains(observation)  # Metaworld's own space has goal bounds 0..0
     assert np.any(observation[36:39] != 0)  # the goal is observed
-    env.reset(seed=3)  # the construction seed is fine
-    with pytest.raises(ValueError, match="built with seed 3"):
-        env.reset(seed=4)
+    again, _ = env.reset(seed=3)  # the construction seed: the same start
+    assert np.array_equal(again, observation)
+    other, _ = env.reset(seed=4)  # another seed: that seed's episode, not a replay of seed 3
+    assert np.array_equal(other, make_env("push-v3", 4).reset()[0]) and not np.array_equal(other, observation)
     with pytest.raises(ValueError, match="seed"):
         make_env("push-v3", -1)
     with pytest.raises(ValueError, match="known tasks"):
@@ -269,3 +270,13 @@ def test_a_chunk_stops_at_the_episode_end():
     outcomes = [env.step(zeros) for _ in range(63)]  # Metaworld's 500 steps end inside the 63rd chunk
     assert not any(truncated for *_, truncated, _ in outcomes[:62])
     assert outcomes[-1][3] and outcomes[-1][4]["executed"] == 500 - 62 * 8
+
+
+@pytest.mark.parametrize("wrappers", [{}, {"obs_horizon": 2, "action_horizon": 8}])
+def test_check_env_passes(wrappers):
+    from gymnasium.utils.env_checker import check_env
+
+    register_envs()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # Metaworld's unbounded observation space, no render mode
+        check_env(gymnasium.make("spikebot/drawer-open-v3", seed=0, **wrappers), skip_render_check=True)
