@@ -65,7 +65,7 @@ from server.app import (
 from server.errors import ErrorResponse, ServiceError, responses
 from server.maps import MapStoreError, check_name
 from server.schemas import ActionChunk, ActRequest, PolicyInfo, PolicyList, PolicyTiming
-from server.stream import send_error
+from server.stream import answer_each_message, send_error
 from vpr.errors import SpikebotError
 
 if TYPE_CHECKING:  # policy.* imports norse and diffusers: only a service with a policy store pays for them
@@ -285,27 +285,9 @@ async def act_on_message(state: ServiceState, policies: PolicyRegistry, loaded: 
 async def serve_messages(websocket: WebSocket, state: ServiceState, policies: PolicyRegistry,
                          loaded: LoadedPolicy) -> None:
     """Answer every message in order until the client leaves or an error ends the stream."""
-    outcomes = policies.stream_messages
-    while True:
-        message = await websocket.receive()
-        if message["type"] == "websocket.disconnect":
-            return
-        try:
-            answer = await act_on_message(state, policies, loaded, message.get("text"))
-        except ServiceError as error:
-            outcomes.labels(error.code).inc()
-            ends = error.code in ENDS_STREAM
-            await send_error(websocket, error, close=ends)
-            if ends:
-                return
-            continue
-        except Exception:
-            log.exception("policy stream on %s failed", loaded.name)
-            outcomes.labels("internal").inc()
-            await send_error(websocket, ServiceError(500, "internal", "internal server error"), close=True)
-            return
-        outcomes.labels("ok").inc()
-        await websocket.send_text(answer.model_dump_json())
+    await answer_each_message(
+        websocket, lambda message: act_on_message(state, policies, loaded, message.get("text")),
+        policies.stream_messages, ENDS_STREAM, f"policy stream on {loaded.name}")
 
 
 def get_policies(request: Request) -> PolicyRegistry:

@@ -36,10 +36,12 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from typing import Literal
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal
 
 import anyio
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from prometheus_client import Counter
 from pydantic import BaseModel, Field, ValidationError
 
 from server.app import Admission, ServiceState, api_key_accepted, localize_frame
@@ -49,6 +51,7 @@ from server.schemas import Localization
 from server.sessions import Session
 from vpr.sequence import OnlineSequenceMatcher, SequenceConfig
 
+Message = dict[str, Any]  # an ASGI WebSocket receive event: "type", and "text" or "bytes"
 log = logging.getLogger(__name__)
 
 CLOSE_CODES = {"not_ready": 1013, "body_too_large": 1009, "internal": 1011}
@@ -136,30 +139,39 @@ async def send_error(websocket: WebSocket, error: ServiceError, close: bool) -> 
         await websocket.close(close_code(error), error.code)
 
 
-async def serve_frames(websocket: WebSocket, state: ServiceState, loaded: LoadedMap, session: Session,
-                       top_k: int) -> None:
-    """Answer every message in order until the client leaves or an error ends the stream."""
-    outcomes = state.metrics.stream_frames
+async def answer_each_message(websocket: WebSocket, answer: Callable[[Message], Awaitable[BaseModel]],
+                              outcomes: Counter, ends_stream: set[str], what: str) -> None:
+    """Answer every message in order until the client leaves or an error ends the stream: one JSON answer, or
+    ``{"error": ...}``, per message. Errors whose code is in ``ends_stream`` and unexpected ones close the stream;
+    the others leave it open. Shared by the map and policy streams."""
     while True:
         message = await websocket.receive()
         if message["type"] == "websocket.disconnect":
             return
         try:
-            answer = await localize_message(state, loaded, message.get("bytes"), top_k, session)
+            reply = await answer(message)
         except ServiceError as error:
             outcomes.labels(error.code).inc()
-            ends = error.code in ENDS_STREAM
+            ends = error.code in ends_stream
             await send_error(websocket, error, close=ends)
             if ends:
                 return
             continue
         except Exception:
-            log.exception("stream %s on map %s failed", session.id, loaded.name)
+            log.exception("%s failed", what)
             outcomes.labels("internal").inc()
             await send_error(websocket, ServiceError(500, "internal", "internal server error"), close=True)
             return
         outcomes.labels("ok").inc()
-        await websocket.send_text(answer.model_dump_json())
+        await websocket.send_text(reply.model_dump_json())
+
+
+async def serve_frames(websocket: WebSocket, state: ServiceState, loaded: LoadedMap, session: Session,
+                       top_k: int) -> None:
+    """Answer every frame in order until the client leaves or an error ends the stream."""
+    await answer_each_message(
+        websocket, lambda message: localize_message(state, loaded, message.get("bytes"), top_k, session),
+        state.metrics.stream_frames, ENDS_STREAM, f"stream {session.id} on map {loaded.name}")
 
 
 def build_stream_router() -> APIRouter:
