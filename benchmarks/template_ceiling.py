@@ -6,7 +6,8 @@ learned templates can do), the same with ON/OFF input channels (positive and neg
 image as two non-negative inputs each), and SAD on the same patch-normalised images, for each ``--input``
 (default 28x28 with 7x7 patches). With several inputs it also scores every pair of them combined (their
 template scores standardised per query and summed): what an ensemble whose members see different inputs could
-reach.
+reach. It also prints other comparisons a neuron could compute with the same template (L2 bias, cosine, centred
+cosine, L2).
 
     SPIKEBOT_DATA=../shared/datasets .venv/bin/python benchmarks/template_ceiling.py --protocol nordland_trimmed:summer:winter:test
     SPIKEBOT_DATA=../shared/datasets .venv/bin/python benchmarks/template_ceiling.py \
@@ -50,6 +51,10 @@ def main() -> None:
         sad = recall_at_n(cdist(query_images, reference_images, "cityblock"), data.ground_truth, (1,))[1]
         print(f"{args.protocol} {text}: template ceiling R@1 {ceiling:.3f}, with ON/OFF inputs {on_off:.3f}, "
               f"SAD on the same input R@1 {sad:.3f}")
+        others = {name: recall_at_n(-comparison, data.ground_truth, (1,))[1]
+                  for name, comparison in other_comparisons(reference_rates, query_rates).items()}
+        print(f"{args.protocol} {text}: other template comparisons R@1 "
+              + ", ".join(f"{name} {recall:.3f}" for name, recall in others.items()))
     for first, second in itertools.combinations(scores, 2):
         combined = standardised(scores[first]) + standardised(scores[second])
         print(f"{args.protocol} {first} + {second}: combined template R@1 "
@@ -63,6 +68,19 @@ def on_off_rates(images: np.ndarray) -> np.ndarray:
 def template_scores(reference_rates: np.ndarray, query_rates: np.ndarray) -> np.ndarray:
     """(queries, references) dot products with each reference's rates normalised to sum 1."""
     return query_rates @ (reference_rates / reference_rates.sum(axis=1, keepdims=True)).T
+
+
+def other_comparisons(reference_rates: np.ndarray, query_rates: np.ndarray) -> dict[str, np.ndarray]:
+    """Similarity scores (higher = closer) of comparisons a neuron could compute instead of the dot product with
+    its normalised template (78 = the learned weights' sum): with an L2 bias (-|w|^2 / 2s, as a per-neuron
+    threshold offset would give), cosine, cosine of centred vectors, and the negative L2 distance."""
+    weights = 78 * reference_rates / reference_rates.sum(axis=1, keepdims=True)
+    centred = weights - weights.mean(axis=1, keepdims=True)
+    scores = {f"L2 bias s={scale}": query_rates @ weights.T - (weights**2).sum(axis=1) / (2 * scale) for scale in (20, 78, 300)}
+    scores["cosine"] = query_rates @ (weights / np.linalg.norm(weights, axis=1, keepdims=True)).T
+    scores["centred cosine"] = query_rates @ (centred / np.linalg.norm(centred, axis=1, keepdims=True)).T
+    scores["L2"] = -cdist(query_rates, reference_rates, "sqeuclidean")
+    return scores
 
 
 def standardised(scores: np.ndarray) -> np.ndarray:
