@@ -28,7 +28,6 @@ import json
 import os
 import platform
 import shlex
-import socket
 import subprocess
 import sys
 import time
@@ -39,27 +38,24 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from service_load import (  # the same server plumbing as the HTTP load test
+    cpu_seconds,
+    free_port,
+    wait_ready,
+)
+
 from events.io import read_events
-from events.packing import HEADER_SIZE, decode_chunk, encode_chunk, pack_header, read_header
+from events.packing import (
+    HEADER_SIZE,
+    decode_chunk,
+    encode_chunk,
+    pack_header,
+    read_header,
+)
 from server.event_stream import BIN_US, EventStream, processor_factories
 from spikebot.provenance import cpu_model
 
 CODINGS = {"plain": {"compress": False}, "zstd": {"compress": True}}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds of process ``pid`` so far, all its threads."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def load_events(args) -> tuple[np.ndarray, int, int, str]:
@@ -83,22 +79,6 @@ def start_server(port: int, log_path: Path, deflate: bool) -> subprocess.Popen:
     print(f"# server: {shlex.join(command)}  (log {log_path})", file=sys.stderr)
     log = open(log_path, "w")  # noqa: SIM115 (the server process writes it until it ends)
     return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-
-
-def wait_healthy(url: str, process: subprocess.Popen | None, timeout: float) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise SystemExit(f"server exited with {process.returncode} before it was up (see its log)")
-        try:
-            if httpx.get(url + "/healthz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.25)
-    raise SystemExit(f"server not up after {timeout} s")
 
 
 # ---------------------------------------------------------------------------------------------------- offline
@@ -250,7 +230,7 @@ def main(argv=None) -> int:
                                args.deflate)
     results = {}
     try:
-        wait_healthy(url, process, 120)
+        wait_ready(url, process, 120)
         for name in codings:
             cpu_before = cpu_seconds(process.pid) if process else None
             client_before = cpu_seconds(os.getpid())
