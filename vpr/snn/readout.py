@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from vpr.snn.config import NetworkConfig
-from vpr.snn.dynamics import first_spike_time, presentation_periods, spike_counts_from_periods
+from vpr.snn.dynamics import firing_rate_hz, presentation_periods, spike_counts_from_periods
 
 
 def winner_spike_counts(drive: torch.Tensor, thresholds: torch.Tensor, module: torch.Tensor, config: NetworkConfig) -> torch.Tensor:
@@ -56,7 +56,7 @@ def query_responses(drive: torch.Tensor, thresholds: torch.Tensor, module: torch
     """The configured readout: firing rates in Hz (``rate``) or winners' spike counts (``wta_counts``)."""
     if config.query_readout == "wta_counts":
         return winner_spike_counts(drive, thresholds, module, config)
-    return (1000.0 / first_spike_time(drive, thresholds, config.tau_mem_ms)).to(torch.float32)
+    return firing_rate_hz(drive, thresholds, config.tau_mem_ms)
 
 
 def assign_neurons(responses: torch.Tensor, regions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
