@@ -63,7 +63,8 @@ def test_seqslam_without_contrast_enhancement_searches_the_raw_distances():
 
 
 @pytest.mark.parametrize("config", [SequenceConfig(length=1), SequenceConfig(length=5), SequenceConfig(length=7, mode="seqslam"),
-                                    SequenceConfig(length=6, mode="seqslam", contrast_window=0)])
+                                    SequenceConfig(length=6, mode="seqslam", contrast_window=0),
+                                    SequenceConfig(length=6, mode="seqslam", min_velocity=0.4, max_velocity=1.6, velocity_phases=5)])
 def test_online_equals_offline(config):
     distances = np.random.default_rng(3).random((30, 25))
     matcher = OnlineSequenceMatcher(config)
@@ -81,7 +82,7 @@ def test_online_rejects_changing_map_size():
 
 
 @pytest.mark.parametrize("kwargs", [{"length": 0}, {"mode": "dtw"}, {"mode": "seqslam", "min_velocity": 2.0, "max_velocity": 1.0},
-                                    {"contrast_window": -1}])
+                                    {"contrast_window": -1}, {"velocity_phases": 0}])
 def test_invalid_configs(kwargs):
     with pytest.raises(ValueError):
         SequenceConfig(**kwargs)
@@ -144,3 +145,21 @@ def test_odometry_phase_search_finds_which_frames_a_camera_between_places_showed
     assert searched > 0.85 and searched > rounded + 0.05 and exact(SequenceConfig(length=8)) < 0.2
     with pytest.raises(ValueError, match="odometry_phases"):
         SequenceConfig(odometry_phases=0)
+
+
+def test_velocity_phase_search_lines_up_frames_at_a_fractional_speed():
+    """At 0.45 places per frame, which frames repeat depends on where between places the robot was at the newest
+    frame; one phase per velocity (SeqSLAM) misses many of those windows, a phase search catches them."""
+    rng = np.random.default_rng(9)
+    places = np.rint(0.3 + 0.45 * np.arange(150)).astype(int)
+    distances = rng.random((150, 80)) + 0.4
+    distances[np.arange(150), places] -= 0.4
+
+    def exact(phases):
+        config = SequenceConfig(length=10, mode="seqslam", contrast_window=0, min_velocity=0.45, max_velocity=0.45,
+                                velocity_steps=1, velocity_phases=phases)
+        return np.mean((np.argmin(match_sequences(distances, config), axis=1) == places)[20:])
+
+    assert SequenceConfig(mode="seqslam", velocity_steps=2, velocity_phases=2).paths == [(0.8, -0.25), (0.8, 0.25), (1.2, -0.25), (1.2, 0.25)]
+    one, searched = exact(1), exact(5)
+    assert searched > 0.9 and searched > one + 0.05, (one, searched)

@@ -361,11 +361,12 @@ def run_cli(*args):
 
 def test_track_command_writes_results_and_plot(tmp_path):
     result = run_cli("--episodes", "2", "--max-steps", "30", "--seq-mode", "seqslam", "--velocities", "0.5:1.5:5",
-                     "--threshold", "0.2", "--speed-profile", "stops", "--env-option", "wrong_penalty=2",
+                     "--velocity-phases", "3", "--threshold", "0.2", "--speed-profile", "stops", "--env-option", "wrong_penalty=2",
                      "--env-option", "obs_size=[24,32]", "--out", str(tmp_path))
     assert result.exit_code == 0, result.output
     saved = json.loads((tmp_path / "results.json").read_text())
-    assert saved["config"]["agent"]["sequence"]["velocity_steps"] == 5 and saved["config"]["obs_size"] == [24, 32]
+    sequence = saved["config"]["agent"]["sequence"]
+    assert sequence["velocity_steps"] == 5 and sequence["velocity_phases"] == 3 and saved["config"]["obs_size"] == [24, 32]
     assert saved["config"]["env_options"] == {"wrong_penalty": 2, "obs_size": [24, 32]}
     metrics = saved["metrics"]
     assert metrics["steps"] == 60 and [e["ended"] for e in metrics["per_episode"]] == ["truncated"] * 2
@@ -380,6 +381,7 @@ def test_track_command_writes_results_and_plot(tmp_path):
     (["--env-option", "speed=-2"], "speed"),
     (["--velocities", "1:2"], "MIN:MAX:STEPS"),
     (["--seq-mode", "diagonal", "--velocities", "0.5:1.5:3"], "seqslam"),
+    (["--seq-mode", "odometry", "--velocity-phases", "3"], "seqslam"),
     (["--dataset", "demo", "--query", "dusk"], "no traverse"),
     (["--seq-mode", "odometry"], "odometry_noise"),
 ])

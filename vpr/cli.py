@@ -329,6 +329,8 @@ def _parse_velocities(context, parameter, value):
 @click.option("--velocities", callback=_parse_velocities, metavar="MIN:MAX:STEPS",
               help="seqslam: the velocities searched, in reference places per step [default: 0.4:1.6:13, the range "
                    "of the varying speed profile].")
+@click.option("--velocity-phases", type=click.IntRange(min=1), default=1, show_default=True,
+              help="seqslam: phases searched per velocity, spread over [-0.5, 0.5) (1: SeqSLAM's single phase 0).")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=0.0, show_default=True,
               help="Confidence below which the agent says 'unsure' (0: always answers).")
 @click.option("--speed-profile", type=click.Choice(["constant", "varying", "stops", "reversals", "random"]), default="random",
@@ -341,7 +343,7 @@ def _parse_velocities(context, parameter, value):
 @click.option("--window", type=click.IntRange(min=1), default=20, show_default=True, help="Steps per accuracy-over-time window.")
 @click.option("--out", type=click.Path(file_okay=False), default="runs/track", show_default=True)
 def track_command(dataset, reference, query, ground_truth, tolerance, split, data_root, method, config_file, map_dir, model_dir,
-                  seq_len, seq_mode, contrast_window, velocities, threshold, speed_profile, episodes, max_steps, seed, env_options, window, out):
+                  seq_len, seq_mode, contrast_window, velocities, velocity_phases, threshold, speed_profile, episodes, max_steps, seed, env_options, window, out):
     """Drive EPISODES along the query traverse (spikebot/RouteLocalization-v0) with METHOD and an online sequence
     matcher as the agent: accuracy over time, precision at the threshold, latency per step; writes results.json and
     track.png (true vs estimated place) to OUT."""
@@ -351,8 +353,8 @@ def track_command(dataset, reference, query, ground_truth, tolerance, split, dat
     from vpr.envs import ROUTE_LOCALIZATION
     from vpr.track import run_episodes, write_track
 
-    if velocities is not None and seq_mode != "seqslam":
-        raise click.UsageError("--velocities applies to --seq-mode seqslam")
+    if (velocities is not None or velocity_phases != 1) and seq_mode != "seqslam":
+        raise click.UsageError("--velocities and --velocity-phases apply to --seq-mode seqslam")
     if seq_mode == "odometry" and env_options.get("odometry_noise") is None:
         raise click.UsageError("--seq-mode odometry needs odometry in the observations: --env-option odometry_noise=SIGMA")
 
@@ -360,7 +362,7 @@ def track_command(dataset, reference, query, ground_truth, tolerance, split, dat
         data = _load_dataset(dataset, reference, query, ground_truth, tolerance, split, data_root)
         low, high, steps = velocities or (0.4, 1.6, 13)
         sequence = (SequenceConfig(seq_len, "seqslam", contrast_window=contrast_window, min_velocity=low,
-                                   max_velocity=high, velocity_steps=steps)
+                                   max_velocity=high, velocity_steps=steps, velocity_phases=velocity_phases)
                     if seq_mode == "seqslam" else SequenceConfig(seq_len, seq_mode))
         env = gymnasium.make(ROUTE_LOCALIZATION, dataset=data, speed_profile=speed_profile, max_episode_steps=max_steps,
                              **env_options)

@@ -11,7 +11,10 @@ frames there are.
 - ``diagonal``: the SNN VPR papers' form, the mean of ``D[q-k, r-k]`` for ``k < length`` (an identity kernel).
 - ``seqslam``: SeqSLAM's form: each query row is contrast-enhanced over a local window of references
   (``contrast_window``; 0 keeps the raw distances), then the best of several constant-velocity paths
-  ``D[q-k, r - round(v k)]`` is taken.
+  ``D[q-k, r - round(v k + phase)]`` is taken. SeqSLAM itself has one phase (0); ``velocity_phases`` > 1 also
+  searches phases spread over [-0.5, 0.5), for the reason given under ``odometry``: at a speed that is not a
+  whole number of places per frame, which frames repeat or are skipped depends on where between places the
+  robot was at the newest frame.
 - ``odometry``: the window is spaced by the distance driven instead of by frames, for a robot that reports its
   odometry (places moved since the previous frame). A frame taken ``d`` places behind the current one is scored
   against reference ``r - round(d + phase)``; frames that land on the same offset are averaged, and the score of
@@ -44,6 +47,7 @@ class SequenceConfig:
     max_velocity: float = 1.2
     velocity_steps: int = 5
     odometry_phases: int = 5
+    velocity_phases: int = 1
 
     def __post_init__(self) -> None:
         if self.length < 1:
@@ -56,6 +60,8 @@ class SequenceConfig:
             raise ValueError("seqslam needs 0 < min_velocity <= max_velocity and velocity_steps >= 1")
         if self.odometry_phases < 1:
             raise ValueError(f"odometry_phases must be >= 1, got {self.odometry_phases}")
+        if self.velocity_phases < 1:
+            raise ValueError(f"velocity_phases must be >= 1, got {self.velocity_phases}")
 
     @property
     def velocities(self) -> np.ndarray:
@@ -64,7 +70,16 @@ class SequenceConfig:
     @property
     def phases(self) -> np.ndarray:
         """``odometry_phases`` offsets spread evenly over [-0.5, 0.5), 0 among them when the count is odd."""
-        return (np.arange(self.odometry_phases) + 0.5) / self.odometry_phases - 0.5
+        return _spread_phases(self.odometry_phases)
+
+    @property
+    def paths(self) -> list[tuple[float, float]]:
+        """seqslam: every (velocity, phase) searched; phases spread like :attr:`phases`."""
+        return [(float(v), float(phase)) for v in self.velocities for phase in _spread_phases(self.velocity_phases)]
+
+
+def _spread_phases(count: int) -> np.ndarray:
+    return (np.arange(count) + 0.5) / count - 0.5
 
 
 def enhance_contrast(distances: np.ndarray, window: int) -> np.ndarray:
@@ -83,28 +98,28 @@ def enhance_contrast(distances: np.ndarray, window: int) -> np.ndarray:
     return (distances - mean) / (np.sqrt(variance) + 1e-12)
 
 
-def _path_mean(distances: np.ndarray, length: int, velocity: float) -> np.ndarray:
-    """Mean of ``D[q-k, r - round(velocity k)]`` over the path's query frames, for every (q, r)."""
+def _path_mean(distances: np.ndarray, length: int, velocity: float, phase: float = 0.0) -> np.ndarray:
+    """Mean of ``D[q-k, r - round(velocity k + phase)]`` over the path's query frames, for every (q, r)."""
     n_query, n_reference = distances.shape
     row_means = distances.mean(axis=1, keepdims=True)
     total = np.zeros_like(distances, dtype=np.float64)
     count = np.zeros((n_query, 1))
     for k in range(min(length, n_query)):
-        shift = min(int(round(velocity * k)), n_reference)
+        shift = min(max(int(round(velocity * k + phase)), 0), n_reference)
         total[k:, shift:] += distances[: n_query - k, : n_reference - shift]
         total[k:, :shift] += row_means[: n_query - k]
         count[k:] += 1.0
     return total / count
 
 
-def _last_path_mean(rows: np.ndarray, velocity: float) -> np.ndarray:
+def _last_path_mean(rows: np.ndarray, velocity: float, phase: float = 0.0) -> np.ndarray:
     """The last row of :func:`_path_mean` over all of ``rows`` (at most ``length`` of them): what an online
     matcher needs per frame, without the paths of earlier frames."""
     n_rows, n_reference = rows.shape
     total = np.zeros(n_reference)
     for k in range(n_rows):
         row = rows[n_rows - 1 - k]
-        shift = min(int(round(velocity * k)), n_reference)
+        shift = min(max(int(round(velocity * k + phase)), 0), n_reference)
         total[shift:] += row[: n_reference - shift]
         total[:shift] += row.mean()
     return total / n_rows
@@ -128,7 +143,7 @@ def match_sequences(distances: np.ndarray, config: SequenceConfig, moved: np.nda
             return distances
         return _path_mean(distances, config.length, 1.0)
     enhanced = enhance_contrast(distances, config.contrast_window) if config.contrast_window else distances
-    return np.min([_path_mean(enhanced, config.length, v) for v in config.velocities], axis=0)
+    return np.min([_path_mean(enhanced, config.length, v, phase) for v, phase in config.paths], axis=0)
 
 
 class OnlineSequenceMatcher:
@@ -171,7 +186,7 @@ class OnlineSequenceMatcher:
         window = self.config.contrast_window
         self._enhanced.append(enhance_contrast(distance_row[None], window)[0] if window else distance_row)
         rows = np.stack(self._enhanced)
-        return np.min([_last_path_mean(rows, velocity) for velocity in self.config.velocities], axis=0)
+        return np.min([_last_path_mean(rows, velocity, phase) for velocity, phase in self.config.paths], axis=0)
 
     def _push_by_place(self, row: np.ndarray, moved: float) -> np.ndarray:
         self._position += moved
