@@ -185,6 +185,8 @@ class Stats:
         self.sessions: list[str] = []
         self.raw_clients: list = []
         self.first_ok = self.last_ok = None
+        self.outcomes: list[tuple[float, float | None]] = []
+        """(send time, latency ms; None for an error) of every request: when in the run the tail happened."""
 
 
 class RawClient:
@@ -244,14 +246,16 @@ class RawClient:
         self.idle.clear()
 
 
-def record_reply(stats: Stats, status: int, content_type: str, body: bytes, elapsed: float) -> None:
+def record_reply(stats: Stats, status: int, content_type: str, body: bytes, elapsed: float, sent_at: float) -> None:
     payload = None
     if content_type.startswith("application/json"):
         try:
             payload = json.loads(body)
         except ValueError:
             pass
-    if status == 200 and payload is not None:
+    ok = status == 200 and payload is not None
+    stats.outcomes.append((sent_at, elapsed * 1e3 if ok else None))
+    if ok:
         stats.latencies.append(elapsed * 1e3)
         for key, value in payload.get("server_timing", {}).items():
             stats.timing[key].append(value)
@@ -280,11 +284,13 @@ async def one_request(http, url: str, body: bytes, content_type: str, session_id
             status, reply_type, reply = response.status_code, response.headers.get("content-type", ""), response.content
     except (httpx.TimeoutException, TimeoutError):
         stats.errors["timeout (client)"] += 1
+        stats.outcomes.append((t0, None))
         return
     except (httpx.TransportError, OSError, asyncio.IncompleteReadError, ValueError) as error:
         stats.errors[f"transport {type(error).__name__}"] += 1
+        stats.outcomes.append((t0, None))
         return
-    record_reply(stats, status, reply_type, reply, time.perf_counter() - t0)
+    record_reply(stats, status, reply_type, reply, time.perf_counter() - t0, t0)
 
 
 async def robot(index: int, http, args, frames: list[bytes], start: float, stats: Stats, tasks: set, url: str) -> None:
@@ -349,6 +355,23 @@ async def run_load(args, url: str, frames: list[bytes]) -> tuple[Stats, float]:
             except httpx.TransportError:
                 pass
     return stats, wall
+
+
+def timeline(outcomes: list[tuple[float, float | None]], budget_ms: float) -> list[dict]:
+    """Per second of the load (by send time): requests, errors, replies over ``budget_ms``, worst latency."""
+    if not outcomes:
+        return []
+    start = min(sent for sent, _ in outcomes)
+    seconds: dict[int, dict] = {}
+    for sent, latency in outcomes:
+        second = seconds.setdefault(int(sent - start), {"sent": 0, "errors": 0, "over_budget": 0, "max_ms": 0.0})
+        second["sent"] += 1
+        if latency is None:
+            second["errors"] += 1
+        else:
+            second["over_budget"] += latency > budget_ms
+            second["max_ms"] = max(second["max_ms"], latency)
+    return [{"second": k, **v} for k, v in sorted(seconds.items())]
 
 
 # ---------------------------------------------------------------------------------------------------- floor
@@ -493,6 +516,7 @@ def main(argv=None) -> int:
         "server_cpu_s": server_cpu - server_cpu_before if server_cpu is not None and server_cpu_before is not None else None,
         "client_cpu_s": client_cpu - client_cpu_before if client_cpu is not None and client_cpu_before is not None else None,
         "sequence_length": args.sequence_length,
+        "timeline": timeline(stats.outcomes, args.p99_budget_ms),
     }
     floor_result = None
     if args.floor:
@@ -554,6 +578,11 @@ def main(argv=None) -> int:
     verdict = result["p99"] is not None and result["p99"] <= args.p99_budget_ms and not errors and not stats.missed
     print(f"- p99 budget {args.p99_budget_ms:g} ms: {'met' if verdict else 'NOT met'}"
           + ("" if verdict else f" (p99 {fmt(result['p99'])} ms, {errors} errors, {stats.missed} missed)"))
+    bad = [s for s in result["timeline"] if s["errors"] or s["over_budget"]]
+    if bad:
+        print(f"- seconds of the load with errors or replies over {args.p99_budget_ms:g} ms: "
+              + ", ".join(f"{s['second']} ({s['errors']} errors, {s['over_budget']} slow, max {s['max_ms']:.0f} ms)"
+                          for s in bad[:12]) + (f", and {len(bad) - 12} more" if len(bad) > 12 else ""))
     if st:
         slowest = max((k for k in st if k != "total_ms"), key=lambda k: st[k]["p50"] or 0)
         queue = (result["p50"] or 0) - (st["total_ms"]["p50"] or 0)

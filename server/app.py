@@ -7,16 +7,19 @@ JPEG/PNG image, raw or multipart field ``image``), ``/v1/sessions``, and the Web
 ``/v1/maps/{name}/stream`` (one JPEG/PNG per binary message, one JSON answer per frame, sequence matched within
 the connection; its protocol is :mod:`server.stream`'s docstring, appended to the OpenAPI description since
 OpenAPI has no WebSocket routes). Maps load in a worker thread after startup, so ``/readyz``
-answers 503 until they are ready. Decoding and matching run in worker threads, never on the event loop; the
-method's distances run on each map's batcher thread, one call for all the requests waiting (micro-batching,
-:mod:`server.batching`: at most ``max_batch`` images, waiting at most ``max_batch_wait_ms`` for company). At most
-``max_concurrency`` localisations are admitted at once (decoding, queued, in a batch or matching); further ones
-get 503 with Retry-After at once rather than queueing without bound.
+answers 503 until they are ready. A localisation runs on its map's batcher thread (micro-batching,
+:mod:`server.batching`: at most ``max_batch`` images, waiting at most ``max_batch_wait_ms`` for company): decoding,
+one call of the method's distances for all the requests waiting, then sequence matching and ranking frame by frame
+in submission order; the route awaits the answer on the event loop, holding no thread, and nothing heavy runs on
+the event loop. At most ``max_concurrency`` localisations are admitted at once (queued, in a batch or being
+finished); further ones get 503 with Retry-After at once rather than queueing without bound.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import gc
 import io
 import logging
 import secrets
@@ -42,7 +45,7 @@ from prometheus_client import (
 from starlette.datastructures import UploadFile
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.batching import BatchStats, InOrder, MicroBatcher, Ticket
+from server.batching import BatchStats, MicroBatcher, Row
 from server.errors import (
     ServiceError,
     error_response,
@@ -183,8 +186,7 @@ class MetricsMiddleware:
 
 
 class ServiceState:
-    """What the app holds: settings, loaded maps, sessions, metrics, the concurrency slots, each map's batcher and
-    the admission order of each session's frames."""
+    """What the app holds: settings, loaded maps, sessions, metrics, the concurrency slots and each map's batcher."""
 
     def __init__(self, settings: ServiceSettings, sources: Sequence[MapSource]):
         self.settings = settings
@@ -195,7 +197,6 @@ class ServiceState:
         self.sessions = SessionStore(settings.session_idle_seconds, settings.max_sessions)
         self.metrics = Metrics()
         self.slots = threading.BoundedSemaphore(settings.max_concurrency)
-        self.order = InOrder()
         self._batchers: dict[int, tuple[LoadedMap, MicroBatcher]] = {}  # by id(map): a replaced map keeps its own
         self._batchers_lock = threading.Lock()
 
@@ -230,9 +231,15 @@ class ServiceState:
             for source in self.sources:
                 started = time.perf_counter()
                 loaded = source.load()
+                if self.settings.warm_up:
+                    loaded.warm_up(self.settings.max_batch)
                 self.maps[loaded.name] = loaded
                 log.info("map %s (%s, %d places) loaded in %.1f s", loaded.name, loaded.method.name,
                          loaded.n_places, time.perf_counter() - started)
+            # What is loaded now lives as long as the process: take it out of the cyclic garbage collector's
+            # sweeps, whose full passes over millions of objects (torch, the maps) stalled requests by 0.3-0.5 s.
+            gc.collect()
+            gc.freeze()
             self.ready = True
         except Exception as error:  # reported by /readyz; the process stays up for diagnosis
             log.exception("loading maps failed")
@@ -321,80 +328,65 @@ async def read_image_body(request: Request, max_body_bytes: int) -> bytes:
                        f"Content-Type {content_type or 'missing'}: send image/jpeg, image/png or multipart/form-data")
 
 
-def localize_frame(state: ServiceState, loaded: LoadedMap, data: bytes, top_k: int, session: Session | None,
-                   ticket: Ticket | None = None) -> Localization:
-    """Decode, describe (in the map's next batch), sequence-match within ``session`` (if any), rank: the one
-    localisation that the HTTP route and the WebSocket stream both run, in a worker thread (it blocks until the
-    batch is done). Holds no slot: callers release theirs.
-
-    A session's rows join its sequence in the order of their tickets (``state.order``): the HTTP route takes the
-    ticket when it admits the request (``ticket``); without one (the WebSocket stream, whose frames start one at a
-    time, in message order, even when an earlier one was abandoned at its timeout) it is taken here, first."""
-    own_ticket = session is not None and ticket is None
-    if own_ticket:
-        ticket = state.order.admit(session.id)
+async def localize_admitted(state: ServiceState, loaded: LoadedMap, data: bytes, top_k: int,
+                            session: Session | None) -> Localization:
+    """The one localisation that the HTTP route and the WebSocket stream both run, for a frame that holds one of
+    the ``max_concurrency`` slots: decode, describe and finish (:func:`answer_row`) in the map's next batch, awaited
+    on the event loop without a thread of its own. The slot is given back when the batch has finished the frame,
+    also when a timeout abandoned it (its row then still joins the session's sequence, in its turn)."""
+    admitted_at = time.perf_counter()
     try:
-        return _localize(state, loaded, data, top_k, session, ticket)
-    finally:
-        if own_ticket:
-            state.order.done(ticket)  # if the frame failed before its push (done is idempotent)
+        future = state.batcher(loaded).submit(
+            data, prepare=functools.partial(decode_image, max_pixels=state.settings.max_image_pixels),
+            finish=functools.partial(answer_row, state, top_k, session, admitted_at))
+    except BaseException:
+        state.slots.release()
+        raise
+    future.add_done_callback(lambda _: state.slots.release())
+    try:
+        with anyio.fail_after(state.settings.request_timeout_seconds):
+            return await asyncio.shield(asyncio.wrap_future(future))
+    except TimeoutError as error:
+        raise ServiceError(504, "timeout", f"localisation took over {state.settings.request_timeout_seconds} s") from error
 
 
-def _localize(state: ServiceState, loaded: LoadedMap, data: bytes, top_k: int, session: Session | None,
-              ticket: Ticket | None) -> Localization:
-    stages = state.metrics.stages
-    t0 = time.perf_counter()
-    image = decode_image(data, state.settings.max_image_pixels)
-    t1 = time.perf_counter()
-    described = state.batcher(loaded).submit(image).result()
-    t2 = time.perf_counter()
+def answer_row(state: ServiceState, top_k: int, session: Session | None, admitted_at: float, described: Row) -> Localization:
+    """A described frame's answer: sequence-matched within ``session`` (if any), ranked, timed. Runs in the map's
+    batcher thread in submission order, which is how a session's frames join its sequence in the order they were
+    admitted, whichever batches their rows come from."""
+    begun = time.perf_counter()
     row, length = described.row, 1
     if session is not None:
-        row, length = push_in_order(state, session, row, ticket)
+        row, length = session.push(row)
     best = int(np.argmin(row))
     k = min(top_k, row.size)
     ranked = np.argpartition(row, k - 1)[:k] if k < row.size else np.arange(row.size)
     ranked = ranked[np.argsort(row[ranked], kind="stable")]
-    answer = Localization(
+    ended = time.perf_counter()
+    describe_s = described.queue_s + described.compute_s
+    timing = ServerTiming(decode_ms=described.prepare_s * 1e3, queue_ms=described.queue_s * 1e3,
+                          describe_ms=describe_s * 1e3, match_ms=(ended - begun) * 1e3,
+                          total_ms=(ended - admitted_at) * 1e3)
+    for stage, seconds in (("decode", described.prepare_s), ("queue", described.queue_s), ("describe", describe_s),
+                           ("match", ended - begun)):
+        state.metrics.stages.labels(stage).observe(seconds)
+    return Localization(
         place=best, score=-float(row[best]), confidence=confidence(row, best),
         top_k=[Match(place=int(i), distance=float(row[i])) for i in ranked], sequence_length=length,
-        session_id=session.id if session is not None else None,
-        server_timing=ServerTiming(decode_ms=0, queue_ms=0, describe_ms=0, match_ms=0, total_ms=0))
-    t3 = time.perf_counter()
-    for stage, seconds in (("decode", t1 - t0), ("queue", described.queue_s), ("describe", t2 - t1),
-                           ("match", t3 - t2)):
-        stages.labels(stage).observe(seconds)
-    answer.server_timing = ServerTiming(decode_ms=(t1 - t0) * 1e3, queue_ms=described.queue_s * 1e3,
-                                        describe_ms=(t2 - t1) * 1e3, match_ms=(t3 - t2) * 1e3, total_ms=(t3 - t0) * 1e3)
-    return answer
-
-
-def push_in_order(state: ServiceState, session: Session, row: np.ndarray, ticket: Ticket | None) -> tuple[np.ndarray, int]:
-    """``session.push(row)`` in the ticket's turn: after every frame of the session admitted before it (rows of one
-    batch, or of consecutive batches, may come back in any order). The wait is bounded by the request timeout (by
-    then the waiting request has been answered 504 anyway); past it the row is pushed as it comes, with a warning."""
-    if ticket is None:
-        return session.push(row)
-    try:
-        if not state.order.wait(ticket, state.settings.request_timeout_seconds):
-            log.warning("session %s: an earlier frame did not finish within %s s; pushing out of order", session.id,
-                        state.settings.request_timeout_seconds)
-        return session.push(row)
-    finally:
-        state.order.done(ticket)
+        session_id=session.id if session is not None else None, server_timing=timing)
 
 
 class Admission:
-    """One admitted localisation's concurrency slot and session ticket, given back exactly once: by its worker
-    thread when it ends, or by the route when the worker never started (cancelled while waiting for a thread)."""
+    """One admitted request's concurrency slot, given back exactly once: by its worker thread when it ends, or by
+    the route when the worker never started (cancelled while waiting for a thread)."""
 
-    def __init__(self, state: ServiceState, ticket: Ticket | None):
-        self.state, self.ticket = state, ticket
+    def __init__(self, state: ServiceState):
+        self.state = state
         self._lock = threading.Lock()
         self._phase = "admitted"  # -> "running" -> "released", or straight to "released"
 
     def start(self) -> bool:
-        """Called by the worker first: False if the route already gave everything back (then do nothing)."""
+        """Called by the worker first: False if the route already gave the slot back (then do nothing)."""
         with self._lock:
             if self._phase != "admitted":
                 return False
@@ -406,28 +398,7 @@ class Admission:
             if self._phase == "released" or (only_if_not_started and self._phase == "running"):
                 return
             self._phase = "released"
-        if self.ticket is not None:
-            self.state.order.done(self.ticket)
         self.state.slots.release()
-
-
-def localize_image(state: ServiceState, loaded: LoadedMap, data: bytes, top_k: int, session_id: str | None,
-                   admission: Admission) -> Localization | None:
-    """Runs in a worker thread: the session by id, then :func:`localize_frame`. Gives the admission back when done."""
-    if not admission.start():
-        return None
-    try:
-        session = None
-        if session_id is not None:
-            session = state.sessions.get(session_id)
-            if session is None:
-                raise ServiceError(404, "unknown_session", f"no session {session_id!r} (unknown, deleted or expired)")
-            if session.map_name != loaded.name:
-                raise ServiceError(409, "session_map_mismatch",
-                                   f"session {session_id!r} localises in map {session.map_name!r}, not {loaded.name!r}")
-        return localize_frame(state, loaded, data, top_k, session, admission.ticket)
-    finally:
-        admission.release()
 
 
 LOCALIZE_BODY = {
@@ -464,25 +435,20 @@ def build_router(settings: ServiceSettings) -> APIRouter:
         x_session_id: str | None = Header(None, description="Sequence-match within this session (POST /v1/sessions)."),
     ) -> Localization:
         loaded = state.map(name)
-        if x_session_id is not None and state.sessions.get(x_session_id) is None:
-            raise ServiceError(404, "unknown_session", f"no session {x_session_id!r} (unknown, deleted or expired)")
+        session = None
+        if x_session_id is not None:
+            session = state.sessions.get(x_session_id)
+            if session is None:
+                raise ServiceError(404, "unknown_session", f"no session {x_session_id!r} (unknown, deleted or expired)")
+            if session.map_name != loaded.name:
+                raise ServiceError(409, "session_map_mismatch",
+                                   f"session {x_session_id!r} localises in map {session.map_name!r}, not {loaded.name!r}")
         data = await read_image_body(request, settings.max_body_bytes)
         if not state.slots.acquire(blocking=False):
             state.metrics.rejected.inc()
             raise ServiceError(503, "overloaded", f"{settings.max_concurrency} localisations admitted (queued or "
                                "running); retry later", {"Retry-After": str(settings.retry_after_seconds)})
-        # the session's frames join its sequence in this (admission) order, whatever order their rows come back in
-        admission = Admission(state, state.order.admit(x_session_id) if x_session_id is not None else None)
-        # the worker gives the admission back when it finishes, even after a timeout abandons it
-        try:
-            with anyio.fail_after(settings.request_timeout_seconds):
-                answer = await anyio.to_thread.run_sync(localize_image, state, loaded, data, top_k, x_session_id,
-                                                        admission, abandon_on_cancel=True)
-        except TimeoutError as error:
-            raise ServiceError(504, "timeout", f"localisation took over {settings.request_timeout_seconds} s") from error
-        finally:
-            admission.release(only_if_not_started=True)
-        return answer  # None only when cancelled before its worker started, and then nobody is answered
+        return await localize_admitted(state, loaded, data, top_k, session)
 
     @router.post("/sessions", response_model=SessionInfo, status_code=201, responses=responses(400, 401, 404, 422, 503))
     def create_session(body: SessionCreate, state: StateDep) -> SessionInfo:
@@ -533,8 +499,8 @@ def create_app(settings: ServiceSettings | None = None, maps: Sequence[MapSource
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        # each admitted localisation holds a worker thread while its batch runs: room for all of them, plus
-        # anyio's usual 40 for everything else (other routes, map loading)
+        # each admitted policy request holds a worker thread while it runs: room for all of them, plus anyio's
+        # usual 40 for everything else (other routes, map loading)
         limiter = anyio.to_thread.current_default_thread_limiter()
         limiter.total_tokens = max(limiter.total_tokens, settings.max_concurrency + 40)
         torch_threads = torch.get_num_threads()  # process-wide: given back at shutdown (tests run many apps)

@@ -1,43 +1,41 @@
-"""Dynamic micro-batching of localisation requests, and the order a session's frames join its sequence.
+"""Dynamic micro-batching of localisation requests, each finished in the order it was submitted.
 
 Why batch. A query's cost is dominated by reading the map, not by the query: the Nordland spiking map (3375
 places, 5 members) holds 67k read-out neurons x 1024 inputs in bfloat16 (137 MB), and one frame's matrix-vector
-product reads all of it (8 ms on this project's 2-core VM); a product over 16 frames reads it once for all of them
-(32 ms, 2 ms a frame). SAD reads its 3375 x 2048 reference pixels per call the same way (15 ms for one frame, 3.3
-ms a frame in a batch of 16). Separate calls per request therefore cap a map at about 100 requests/s however many
-threads run them; one call for every request waiting does not.
+product reads all of it (12 ms on this project's 2-core VM); a product over 16 frames reads it once for all of them
+(19 ms). SAD reads its 3375 x 2048 reference pixels per call the same way. Separate calls per request therefore cap
+a map at about 80 requests/s however many threads run them; one call for every request waiting does not.
 
-:class:`MicroBatcher` (one per served map): requests :meth:`~MicroBatcher.submit` a decoded image and get a
-:class:`concurrent.futures.Future` of its :class:`Row`. One worker thread takes the oldest waiting image, then
-every image that arrives until ``max_batch`` are taken or ``max_wait_s`` has passed since that oldest one was
-submitted (images already waiting longer are taken at once, up to ``max_batch``), and calls ``compute`` once for
-the batch. Under load the queue fills while a batch runs, so batches grow with the load without any waiting;
-``max_wait_s`` only lets a request that arrives at an idle map wait briefly for company. The worker is the only
-caller of ``compute`` (no two batches of a map run at once, and torch's threads are not oversubscribed by one
-thread per request); it exits after ``idle_exit_s`` without work and is started again by the next submit, so a
-map that is dropped leaves no thread behind.
+:class:`MicroBatcher` (one per served map): requests :meth:`~MicroBatcher.submit` a payload and get a
+:class:`concurrent.futures.Future` of its result. One worker thread takes the oldest waiting payload, then every
+payload that arrives until ``max_batch`` are taken or ``max_wait_s`` has passed since that oldest one was
+submitted (payloads already waiting longer are taken at once, up to ``max_batch``). For the batch it runs each
+item's ``prepare`` (the service decodes the image there), calls ``compute`` once for all the prepared images, then
+runs each item's ``finish`` on its :class:`Row` (the service sequence-matches and ranks there) **in submission
+order**: a session's frames join its sequence in the order they were submitted, whichever batch each falls in,
+without any request thread waiting for its turn. Under load the queue fills while a batch runs, so batches grow
+with the load without any waiting; ``max_wait_s`` only lets a request that arrives at an idle map wait briefly for
+company. The worker is the only caller of ``compute`` (no two batches of a map run at once, and torch's threads
+are not oversubscribed); it exits after ``idle_exit_s`` without work and is started again by the next submit, so a
+map that is dropped leaves no thread behind. Requests need no thread of their own while they wait: the service
+awaits the futures on its event loop.
 
-Failures: an exception from ``compute`` (or a result of the wrong shape) is set on every future of the batch and
-the worker goes on with the next batch. A future cancelled before its batch starts is left out of the batch; one
-abandoned by its waiter (a request timeout) is computed and resolved as usual, and nobody reads it.
-
-:class:`InOrder`: tickets per key (a session id) in admission order; :meth:`InOrder.wait` blocks until every
-earlier ticket of the same key is :meth:`~InOrder.done`. The service takes a ticket when it admits a session's
-frame and pushes the frame's row into the session's sequence only in its turn, so frames whose rows come back in
-another order (two frames of one session in one batch, or in consecutive batches and racing afterwards) still
-join the sequence in the order they were admitted.
+Failures: an exception from an item's ``prepare`` or ``finish`` is set on that item's future alone; one from
+``compute`` (or a result of the wrong shape) on every future of the batch, and the worker goes on with the next
+batch. A future cancelled before its batch starts is left out of the batch; one abandoned by its waiter (a request
+timeout) is computed and finished as usual, and nobody reads it.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -53,9 +51,11 @@ class Row:
 
     row: np.ndarray
     queue_s: float
-    """From submit to the start of its batch's ``compute``."""
+    """From submit to the start of its batch."""
+    prepare_s: float
+    """This item's ``prepare`` (0 without one)."""
     compute_s: float
-    """The batch's ``compute`` call."""
+    """The batch's ``prepare`` calls and its ``compute`` call: from the start of the batch to its rows."""
     batch_size: int
 
 
@@ -71,9 +71,13 @@ class BatchStats:
 
 @dataclass
 class _Item:
-    image: np.ndarray
+    payload: Any
     future: Future
     submitted: float
+    prepare: Callable[[Any], np.ndarray] | None
+    finish: Callable[[Row], Any] | None
+    image: np.ndarray | None = None
+    prepare_s: float = 0.0
 
 
 _STOP = object()
@@ -100,13 +104,16 @@ class MicroBatcher:
         self._thread: threading.Thread | None = None
         self._closed = False
 
-    def submit(self, image: np.ndarray) -> Future:
-        """The future of ``image``'s :class:`Row` (or of the exception its batch raised)."""
+    def submit(self, payload: Any, *, prepare: Callable[[Any], np.ndarray] | None = None,
+               finish: Callable[[Row], Any] | None = None) -> Future:
+        """The future of ``finish(row)`` (without ``finish``: of the :class:`Row`) of the image ``prepare(payload)``
+        (without ``prepare``: ``payload`` is the image), or of the exception that failed it. Both run in the
+        worker thread, ``finish`` in submission order."""
         future: Future = Future()
         with self._lock:
             if self._closed:
                 raise BatcherClosed(f"the batcher of map {self.name!r} is closed")
-            self._queue.put(_Item(image, future, self.clock()))
+            self._queue.put(_Item(payload, future, self.clock(), prepare, finish))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._work, name=f"spikebot-batcher-{self.name}", daemon=True)
                 self._thread.start()
@@ -173,73 +180,52 @@ class MicroBatcher:
             self._run(batch)
 
     def _run(self, batch: list[_Item]) -> None:
-        live = [item for item in batch if item.future.set_running_or_notify_cancel()]
+        started = self.clock()
+        live = [item for item in batch if item.future.set_running_or_notify_cancel() and self._prepare(item)]
         if not live:
             return
-        started = self.clock()
         failed = False
         try:
             rows = np.asarray(self.compute([item.image for item in live]))
             if rows.ndim != 2 or len(rows) != len(live):
                 raise RuntimeError(f"map {self.name!r}: distances for {len(live)} images have shape {rows.shape}")
-            compute_s = self.clock() - started
-            for index, item in enumerate(live):  # copies: a row must not keep the whole batch's array alive
-                item.future.set_result(Row(np.array(rows[index]), started - item.submitted, compute_s, len(live)))
         except BaseException as error:  # every waiter learns of it; the worker carries on with the next batch
             failed, compute_s = True, self.clock() - started
             for item in live:
-                if not item.future.done():
-                    item.future.set_exception(error)
+                item.future.set_exception(error)
             if not isinstance(error, Exception):
                 raise
+        else:
+            compute_s = self.clock() - started
+            for index, item in enumerate(live):  # copies: a row must not keep the whole batch's array alive
+                row = Row(np.array(rows[index]), started - item.submitted, item.prepare_s, compute_s, len(live))
+                self._finish(item, row)
         if self.observe is not None:
             try:
                 self.observe(BatchStats(len(live), compute_s, tuple(started - item.submitted for item in live), failed))
             except Exception:  # metrics must never stop localisation
                 log.exception("observing a batch of map %s failed", self.name)
 
+    def _prepare(self, item: _Item) -> bool:
+        """``item.image`` from its payload; False (and the error on its future) if ``prepare`` failed."""
+        if item.prepare is None:
+            item.image = item.payload
+            return True
+        begun = self.clock()
+        try:
+            item.image = item.prepare(item.payload)
+        except Exception as error:  # noqa: BLE001 (handed to the waiter, not swallowed)
+            item.future.set_exception(error)
+            return False
+        item.prepare_s = self.clock() - begun
+        return True
 
-@dataclass(frozen=True)
-class Ticket:
-    key: Hashable
-    number: int
-
-
-class InOrder:
-    """Per-key admission order (module docstring). Every ticket must be :meth:`done` exactly once (it is
-    idempotent, so a caller may also call it on every error path); a key is forgotten when none of its tickets
-    is outstanding."""
-
-    def __init__(self) -> None:
-        self._condition = threading.Condition()
-        self._pending: dict[Hashable, list[int]] = {}  # admitted, not yet done, ascending
-        self._numbers = itertools.count()  # one counter for all keys: a ticket never matches a newer one
-
-    def admit(self, key: Hashable) -> Ticket:
-        with self._condition:
-            ticket = Ticket(key, next(self._numbers))
-            self._pending.setdefault(key, []).append(ticket.number)
-            return ticket
-
-    def wait(self, ticket: Ticket, timeout: float | None = None) -> bool:
-        """Block until every ticket of ``ticket.key`` admitted before it is done; False if ``timeout`` passed."""
-        with self._condition:
-            return self._condition.wait_for(lambda: self._first(ticket.key) in (None, ticket.number), timeout)
-
-    def done(self, ticket: Ticket) -> None:
-        with self._condition:
-            pending = self._pending.get(ticket.key)
-            if pending is None or ticket.number not in pending:
-                return
-            pending.remove(ticket.number)
-            if not pending:
-                del self._pending[ticket.key]
-            self._condition.notify_all()
-
-    def outstanding(self, key: Hashable) -> int:
-        with self._condition:
-            return len(self._pending.get(key, ()))
-
-    def _first(self, key: Hashable) -> int | None:
-        pending = self._pending.get(key)
-        return pending[0] if pending else None
+    @staticmethod
+    def _finish(item: _Item, row: Row) -> None:
+        if item.finish is None:
+            item.future.set_result(row)
+            return
+        try:
+            item.future.set_result(item.finish(row))
+        except Exception as error:  # noqa: BLE001 (handed to the waiter, not swallowed)
+            item.future.set_exception(error)

@@ -126,6 +126,13 @@ class LoadedMap:
         self._check(rows, len(images))
         return rows
 
+    def warm_up(self, max_batch: int) -> None:
+        """Describe a blank frame in batches of every size up to ``max_batch``: the first call of each batch size
+        builds the kernels for that shape (oneDNN's, for the bfloat16 readout), and a robot should not wait for it."""
+        blank = np.zeros((32, 64), dtype=np.uint8)
+        for size in range(1, max_batch + 1):
+            self.distance_rows([blank] * size)
+
     def _check(self, rows: np.ndarray, n: int) -> None:
         if rows.shape != (n, self.n_places):
             raise RuntimeError(f"{self.method.name} gave distances of shape {rows.shape}, expected ({n}, {self.n_places})")

@@ -243,7 +243,7 @@ async def act(state: ServiceState, policies: PolicyRegistry, loaded: LoadedPolic
         state.metrics.rejected.inc()
         raise ServiceError(503, "overloaded", f"{settings.max_concurrency} requests admitted (queued or running); "
                            "retry later", {"Retry-After": str(settings.retry_after_seconds)})
-    admission = Admission(state, None)
+    admission = Admission(state)
     # the worker gives the slot back when it finishes, even after a timeout abandons it
     try:
         with anyio.fail_after(settings.request_timeout_seconds):

@@ -52,6 +52,10 @@ class ServiceSettings(BaseSettings):
         16, ge=1, description="Most images one call of a map's method describes (micro-batching, server/batching.py). "
         "A map's cost is reading it once per call (the Nordland spiking map: 8 ms for 1 image, 32 ms for 16, 58 ms "
         "for 32 on 2 cores): 16 already gives 2 ms an image, and a larger batch mainly lengthens each batch.")
+    warm_up: bool = Field(
+        True, description="Before a map is served, describe a blank frame in batches of every size up to max_batch, "
+        "so that the first robots do not pay for building the method's kernels (the Nordland spiking map: under a "
+        "second; a CNN map: a few seconds). Off in tests that count the method's calls.")
     max_batch_wait_ms: float = Field(
         2.0, ge=0, description="How long a request that finds its map idle waits for others to share its batch. Under "
         "load batches fill while the previous one runs, without waiting; the wait only pairs up near-simultaneous "

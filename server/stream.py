@@ -39,12 +39,11 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
-import anyio
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from prometheus_client import Counter
 from pydantic import BaseModel, Field, ValidationError
 
-from server.app import Admission, ServiceState, api_key_accepted, localize_frame
+from server.app import ServiceState, api_key_accepted, localize_admitted
 from server.errors import ErrorBody, ErrorResponse, ServiceError
 from server.maps import LoadedMap
 from server.schemas import Localization
@@ -92,18 +91,6 @@ def open_stream(state: ServiceState, name: str, query: dict[str, str],
     return loaded, session, params.top_k
 
 
-def localize_in_slot(state: ServiceState, loaded: LoadedMap, data: bytes, top_k: int, session: Session,
-                     admission: Admission) -> Localization | None:
-    """Runs in a worker thread: :func:`server.app.localize_frame`, then gives the admission back (None, doing
-    nothing, when the message was abandoned before the thread started)."""
-    if not admission.start():
-        return None
-    try:
-        return localize_frame(state, loaded, data, top_k, session)
-    finally:
-        admission.release()
-
-
 async def localize_message(state: ServiceState, loaded: LoadedMap, data: bytes | None, top_k: int,
                            session: Session) -> Localization:
     """One client message's answer; raises the ServiceError the HTTP endpoint would give for the same body."""
@@ -119,17 +106,7 @@ async def localize_message(state: ServiceState, loaded: LoadedMap, data: bytes |
         state.metrics.rejected.inc()
         raise ServiceError(503, "overloaded",
                            f"{settings.max_concurrency} localisations in flight; retry the frame later")
-    admission = Admission(state, None)
-    # the worker gives the slot back when it finishes, even after a timeout abandons it; a message cancelled
-    # before its worker started (the client went away) gives it back here
-    try:
-        with anyio.fail_after(settings.request_timeout_seconds):
-            return await anyio.to_thread.run_sync(localize_in_slot, state, loaded, data, top_k, session, admission,
-                                                  abandon_on_cancel=True)
-    except TimeoutError as error:
-        raise ServiceError(504, "timeout", f"localisation took over {settings.request_timeout_seconds} s") from error
-    finally:
-        admission.release(only_if_not_started=True)
+    return await localize_admitted(state, loaded, data, top_k, session)
 
 
 async def send_error(websocket: WebSocket, error: ServiceError, close: bool) -> None:

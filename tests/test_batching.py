@@ -15,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from server.app import create_app
-from server.batching import BatcherClosed, InOrder, MicroBatcher
+from server.batching import BatcherClosed, MicroBatcher
 from server.maps import LoadedMap
 from server.settings import ServiceSettings
 from tests.test_server import (
@@ -188,24 +188,37 @@ def test_close_lets_submitted_images_finish():
     assert [f.result(timeout=5).row[0] for f in futures] == [0.0, 1.0, 2.0, 3.0] and not batcher.running
 
 
-def test_in_order_hands_out_turns_per_key():
-    order = InOrder()
-    a1, b1, a2, a3 = order.admit("a"), order.admit("b"), order.admit("a"), order.admit("a")
-    assert order.wait(a1, 0) and order.wait(b1, 0)  # first of their keys
-    assert not order.wait(a3, 0.01) and not order.wait(a2, 0.01)
-    passed = []
-    waiter = threading.Thread(target=lambda: passed.append(order.wait(a3, 5)))
-    waiter.start()
-    order.done(a2)  # out of order: a3 still waits for a1
-    time.sleep(0.05)
-    assert not passed
-    order.done(a1)
-    waiter.join(5)
-    assert passed == [True]
-    order.done(a1)  # idempotent
-    order.done(a3)
-    assert order.outstanding("a") == 0 and order.outstanding("b") == 1
-    assert order.wait(order.admit("a"), 0)
+def test_prepare_and_finish_run_per_item_and_finish_in_submission_order():
+    gate = threading.Event()
+    recorder = Recorder(gate=gate)
+    batcher = MicroBatcher(recorder, max_batch=8, max_wait_s=0.0)
+    finished = []
+
+    def prepare(text):
+        if text == "corrupt":
+            raise ValueError("cannot decode")
+        return np.array([float(text)])
+
+    def finish(row):
+        finished.append(row.row[0])
+        if row.row[0] == 3.0:
+            raise KeyError("unknown session")
+        return f"answer {row.row[0]:g} of a batch of {row.batch_size}"
+
+    first = batcher.submit("0", prepare=prepare, finish=finish)  # holds the worker while the others queue
+    assert recorder.entered.wait(5)
+    queued = [batcher.submit(text, prepare=prepare, finish=finish) for text in ("1", "corrupt", "2", "3", "4")]
+    gate.set()
+    assert first.result(timeout=5) == "answer 0 of a batch of 1"
+    assert [queued[i].result(timeout=5) for i in (0, 2, 4)] == [f"answer {v} of a batch of 4" for v in (1, 2, 4)]
+    with pytest.raises(ValueError, match="decode"):
+        queued[1].result(timeout=5)  # its prepare failed: left out of the batch, the others go on
+    with pytest.raises(KeyError):
+        queued[3].result(timeout=5)  # its finish failed: its own future only
+    assert recorder.sizes == [1, 4] and finished == [0.0, 1.0, 2.0, 3.0, 4.0]
+    timed = batcher.submit("5", prepare=prepare).result(timeout=5)
+    assert timed.prepare_s > 0 and timed.compute_s >= timed.prepare_s
+    batcher.close()
 
 
 # ---------------------------------------------------------------------------------------------- through the app
@@ -236,7 +249,10 @@ def app_with(gated: GatedMap, **settings):
 
 
 def admitted(app) -> int:
-    state = app.state.service
+    return admitted_in(app.state.service)
+
+
+def admitted_in(state) -> int:
     return state.settings.max_concurrency - state.slots._value
 
 
@@ -332,7 +348,7 @@ def test_a_sessions_frames_join_its_sequence_in_admission_order(demo_map, querie
             futures = []
             for admitted, image in enumerate(queries, start=1):  # pipelined: each sent once the previous is admitted
                 futures.append(pool.submit(post_image, client, encode(image), headers=headers, params=params))
-                wait_until(lambda n=admitted: state.order.outstanding(session) == n)
+                wait_until(lambda n=admitted: admitted_in(state) == n)
             gated.gate.set()  # the first frame's batch, then all the others in one batch: rows come back together
             answers = [future.result(timeout=10).json() for future in futures]
         assert len(gated.sizes) < len(queries)
@@ -342,7 +358,7 @@ def test_a_sessions_frames_join_its_sequence_in_admission_order(demo_map, querie
             expected = matcher.push(demo_map.distance_row(image))
             got = {m["place"]: m["distance"] for m in answer["top_k"]}
             np.testing.assert_allclose([got[i] for i in range(240)], expected, rtol=1e-5)
-        assert state.order.outstanding(session) == 0
+        wait_until(lambda: admitted_in(state) == 0)
 
 
 def test_a_stream_frame_abandoned_at_its_timeout_still_joins_the_sequence_before_the_next(demo_map, queries):
@@ -367,3 +383,25 @@ def test_a_stream_frame_abandoned_at_its_timeout_still_joins_the_sequence_before
         got = {m["place"]: m["distance"] for m in answer["top_k"]}
         np.testing.assert_allclose([got[i] for i in range(240)], matcher.push(demo_map.distance_row(queries[2])),
                                    rtol=1e-5)
+
+
+class CountingMethod:
+    """A method stub that records the batch sizes it is called with."""
+
+    name = "counting"
+
+    def __init__(self):
+        self.sizes = []
+
+    def distances(self, images):
+        self.sizes.append(len(images))
+        return np.zeros((len(images), 3))
+
+
+@pytest.mark.parametrize("warm_up", [True, False])
+def test_maps_are_warmed_up_with_every_batch_size_before_they_are_served(warm_up):
+    method = CountingMethod()
+    app = create_app(ServiceSettings(max_batch=4, warm_up=warm_up), maps=[Ready(LoadedMap("counted", method, 3))])
+    with TestClient(app) as client:
+        wait_ready(client)
+        assert method.sizes == ([1, 2, 3, 4] if warm_up else [])

@@ -326,8 +326,9 @@ def test_stream_ends_when_its_map_goes(demo_map, queries):
         assert client.get("/healthz").status_code == 200
 
 
-def test_a_frame_cancelled_before_its_worker_starts_gives_its_slot_back(demo_map, queries):
-    """A client that goes away while its frame waits for a worker thread must not keep a concurrency slot."""
+def test_a_frame_whose_client_went_away_is_finished_and_gives_its_slot_back(demo_map, queries):
+    """A client that goes away while its frame waits must not keep a concurrency slot: the frame is still finished
+    (it joins the sequence in its turn, as after a timeout), and then its slot is free again."""
     import anyio
 
     from server.sessions import Session
@@ -346,6 +347,11 @@ def test_a_frame_cancelled_before_its_worker_starts_gives_its_slot_back(demo_map
 
         for _ in range(3):  # more cancelled frames than slots: a leak would leave none
             anyio.run(cancelled_frame)
+            deadline = time.monotonic() + 5
+            while state.slots._value < 2:
+                assert time.monotonic() < deadline, "the slot was not given back"
+                time.sleep(0.005)
+        assert session.frames == 3
         assert state.slots.acquire(blocking=False) and state.slots.acquire(blocking=False)
         state.slots.release()
         state.slots.release()
