@@ -45,7 +45,7 @@ def build_settings(**given) -> ServiceSettings:
 @click.option("--max-concurrency", type=int, default=None, help="Requests admitted at once [default: 2 x max batch].")
 @click.option("--max-batch", type=int, default=None, help="Most frames one call of a map's method describes [default: 16].")
 @click.option("--max-batch-wait-ms", type=float, default=None, help="How long a lone request waits for batch mates [default: 2].")
-@click.option("--torch-threads", type=int, default=None, help="torch's threads [default: usable cores less one].")
+@click.option("--torch-threads", type=int, default=None, help="torch's threads [default: the usable cores].")
 @click.option("--log-level", default="info", show_default=True)
 def serve(map_dir, method, config_file, map_name, dataset, reference, split, data_root, reference_folder, demo,
           map_store, policy_store, flow_model, action_model, host, port, api_keys, max_concurrency, max_batch,

@@ -119,7 +119,7 @@ def build_replica_app(settings: ServiceSettings, maps: Sequence[Any] = (), repli
 
 def replica_settings(settings: ServiceSettings, cpus_per_replica: float) -> ServiceSettings:
     """Each replica's settings: ``torch_threads`` follows the CPUs the replica reserves unless it was given (the
-    default, the machine's cores less one, would let every replica on a machine claim all of them). Admission
+    default, the machine's usable cores, would let every replica on a machine claim all of them). Admission
     (``max_concurrency``) keeps its default: it counts requests sharing a micro-batch, not cores."""
     if "torch_threads" in settings.model_fields_set:
         return settings

@@ -68,11 +68,11 @@ class ServiceSettings(BaseSettings):
         "with it, admitted requests share calls, and a request admitted beyond two full batches would wait longer "
         "than two batch times, when a prompt 503 serves a robot better than a late answer.")
     torch_threads: int = Field(
-        default_factory=lambda: max(1, available_cores() - 1), ge=1,
+        default_factory=lambda: available_cores(), ge=1,
         description="torch's intra-op threads (torch.set_num_threads at startup); each map's batcher is the only "
-        "thread that runs its method. Defaults to the usable cores less one, which the event loop, decoding and "
-        "sequence matching need: on 2 busy cores a second torch thread gained nothing at 140 requests/s and in one "
-        "run doubled p99 (docs/benchmarks.md).")
+        "thread that runs its method. Defaults to the usable cores: requests wait on the event loop without threads "
+        "of their own, and at 20 robots x 10 Hz on 2 cores two threads halved the Nordland spiking map's batch time "
+        "and lowered p50 (docs/benchmarks.md).")
     retry_after_seconds: int = Field(1, ge=0)
     max_top_k: int = Field(50, ge=1)
     max_sessions: int = Field(1000, ge=1)

@@ -141,6 +141,11 @@ class CompiledReadout:
         """(members, places): which places each member has neurons for."""
         return (torch.bincount(self.slot, minlength=self.n_members * self.n_places) > 0).view(self.n_members, -1)
 
+    @cached_property
+    def covering(self) -> torch.Tensor:
+        """(places,) float32: how many members have neurons for each place."""
+        return self.covered.sum(dim=0).to(torch.float32)
+
     def member_scores(self, rates: torch.Tensor) -> torch.Tensor:
         """(queries, members, places) weighted mean responses of each member's neurons of each place."""
         responses = query_responses(self.drives(rates), self.thresholds, self.module, self.config)
@@ -227,7 +232,7 @@ class SpikingMap:
         if self.config.combination == "normalised_sum":
             member_scores = member_scores / member_scores.amax(dim=2, keepdim=True).clamp(min=1e-12)
         total = member_scores.sum(dim=1)
-        covering = readout.covered.sum(dim=0).to(total.dtype)
+        covering = readout.covering.to(total.dtype)
         if self.config.combination == "covered_mean":
             total = total / covering.clamp(min=1.0)
         uncovered = covering == 0
