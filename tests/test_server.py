@@ -358,7 +358,7 @@ def test_admission_follows_the_batch_and_torch_threads_the_usable_cores(monkeypa
     monkeypatch.setenv("SPIKEBOT_MAX_BATCH", "8")
     assert ServiceSettings().max_concurrency == 16 and ServiceSettings(max_concurrency=3).max_concurrency == 3
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
-    assert ServiceSettings().torch_threads == 2  # one core left to HTTP, decoding and matching
+    assert ServiceSettings().torch_threads == 3  # the usable cores, not the machine's
     monkeypatch.delattr(os, "sched_getaffinity", raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: None)
     assert ServiceSettings().torch_threads == 1
