@@ -254,7 +254,9 @@ class ServiceState:
         return loaded
 
 
-def get_state(request: Request) -> ServiceState:
+async def get_state(request: Request) -> ServiceState:
+    """Dependencies are ``async def`` when they only look things up: FastAPI runs a plain ``def`` dependency in a
+    worker thread, a hop per dependency per request that cost the event loop more than the lookup itself."""
     return request.app.state.service
 
 
@@ -268,8 +270,8 @@ def api_key_accepted(keys: Sequence[str], given: str | None) -> bool:
     return given is not None and any(secrets.compare_digest(given.encode(), k.encode()) for k in keys)
 
 
-def require_api_key(state: StateDep,
-                    x_api_key: str | None = Header(None, description="Required when the service has API keys.")) -> None:
+async def require_api_key(state: StateDep,
+                          x_api_key: str | None = Header(None, description="Required when the service has API keys.")) -> None:
     if not api_key_accepted(state.settings.api_keys, x_api_key):
         raise ServiceError(401, "unauthorized", "missing or invalid X-API-Key header")
 

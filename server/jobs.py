@@ -310,7 +310,7 @@ def busy(state: Any, message: str) -> ServiceError:
     return ServiceError(503, "too_many_jobs", message, {"Retry-After": str(max(1, state.settings.retry_after_seconds))})
 
 
-def get_builds(request: Request) -> MapBuilds:
+async def get_builds(request: Request) -> MapBuilds:
     return request.app.state.map_builds
 
 

@@ -290,7 +290,7 @@ async def serve_messages(websocket: WebSocket, state: ServiceState, policies: Po
         policies.stream_messages, ENDS_STREAM, f"policy stream on {loaded.name}")
 
 
-def get_policies(request: Request) -> PolicyRegistry:
+async def get_policies(request: Request) -> PolicyRegistry:
     return request.app.state.policies
 
 
