@@ -128,7 +128,8 @@ class LoadedMap:
 
     def warm_up(self, max_batch: int) -> None:
         """Describe a blank frame in batches of every size up to ``max_batch``: the first call of each batch size
-        builds the kernels for that shape (oneDNN's, for the bfloat16 readout), and a robot should not wait for it."""
+        builds the kernels for that shape (oneDNN's, for the bfloat16 readout), and a robot should not wait for it.
+        The service also runs a frame through the map's batcher (:meth:`server.app.ServiceState.warm_up`)."""
         blank = np.zeros((32, 64), dtype=np.uint8)
         for size in range(1, max_batch + 1):
             self.distance_rows([blank] * size)

@@ -5,6 +5,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+# Services made by tests skip the warm-up (ServiceSettings.warm_up): their maps are test doubles that count their
+# calls or sleep; tests/test_batching.py turns it on where the warm-up itself is tested.
+os.environ.setdefault("SPIKEBOT_WARM_UP", "false")
+
 
 @pytest.fixture
 def one_torch_thread():

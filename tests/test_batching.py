@@ -404,4 +404,7 @@ def test_maps_are_warmed_up_with_every_batch_size_before_they_are_served(warm_up
     app = create_app(ServiceSettings(max_batch=4, warm_up=warm_up), maps=[Ready(LoadedMap("counted", method, 3))])
     with TestClient(app) as client:
         wait_ready(client)
-        assert method.sizes == ([1, 2, 3, 4] if warm_up else [])
+        # every size once, then a blank PNG and a blank JPEG through the batcher (each a batch of one)
+        assert method.sizes == ([1, 2, 3, 4, 1, 1] if warm_up else [])
+        batches = 'spikebot_batch_size_count{map="counted"} 2.0' if warm_up else 'spikebot_batch_size_count{map="counted"}'
+        assert (batches in client.get("/metrics").text) == warm_up
