@@ -9,6 +9,9 @@ session per robot, then each robot sends a query frame (the ``--query`` traverse
 disk) every 1/R s *open loop*: a send never waits for earlier replies. A send that starts more than
 ``--late-ms`` after its slot is *late*; when a robot's loop wakes a whole period or more behind, the frames it
 slept through are *missed* (not sent), as a camera would drop them. Latency is client-side (send to parsed reply).
+``--warmup S`` runs the same load for S seconds first and counts only what follows, without a pause in between
+(on this project's VM, memory left idle for half a second is several times slower to read the first time, so
+the first frames after a pause pay for it).
 
 Reports p50/p95/p99/max latency, throughput (ok replies per second of the run), errors by status/code, the
 server's RSS (``/proc/<pid>/status`` VmRSS of the server it started: before the load and the peak during it) and
@@ -37,6 +40,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -295,7 +299,9 @@ async def one_request(http, url: str, body: bytes, content_type: str, session_id
 
 async def robot(index: int, http, args, frames: list[bytes], start: float, stats: Stats, tasks: set, url: str) -> None:
     period = 1.0 / args.rate_hz
-    n_ticks = round(args.duration * args.rate_hz)
+    warmup_ticks = round(args.warmup * args.rate_hz)
+    n_ticks = warmup_ticks + round(args.duration * args.rate_hz)
+    unmeasured = Stats()  # the warm-up's frames are sent like the others and forgotten
     offset = (index * len(frames)) // args.robots
     path = f"/v1/maps/{args.map_name}/localize"
     localizer = RawClient(url, args.timeout) if args.client == "raw" else http
@@ -315,27 +321,29 @@ async def robot(index: int, http, args, frames: list[bytes], start: float, stats
         behind = time.perf_counter() - slot
         if behind >= period:  # slept through whole periods: those frames are dropped
             skipped = min(int(behind // period), n_ticks - tick)
-            stats.missed += skipped
+            stats.missed += max(0, min(tick + skipped, n_ticks) - max(tick, warmup_ticks))
             tick += skipped
             if tick >= n_ticks:
                 break
             slot = t_start + tick * period
             behind = time.perf_counter() - slot
+        counted = stats if tick >= warmup_ticks else unmeasured
         if behind * 1e3 > args.late_ms:
-            stats.late += 1
+            counted.late += 1
         body = frames[(offset + tick) % len(frames)]
         content_type = "image/png" if body.startswith(b"\x89PNG") else "image/jpeg"
-        task = asyncio.create_task(one_request(localizer, path, body, content_type, session_id, stats))
+        task = asyncio.create_task(one_request(localizer, path, body, content_type, session_id, counted))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
-        stats.sent += 1
+        counted.sent += 1
         tick += 1
     stats.sessions.append(session_id)
     if isinstance(localizer, RawClient):
         stats.raw_clients.append(localizer)
 
 
-async def run_load(args, url: str, frames: list[bytes]) -> tuple[Stats, float]:
+async def run_load(args, url: str, frames: list[bytes], measuring: Callable[[], None]) -> tuple[Stats, float]:
+    """The load; ``measuring`` is called (in a thread) when the measured part begins, after ``--warmup``."""
     import httpx
 
     stats = Stats()
@@ -343,10 +351,17 @@ async def run_load(args, url: str, frames: list[bytes]) -> tuple[Stats, float]:
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=args.robots * 4)
     async with httpx.AsyncClient(base_url=url, timeout=args.timeout, limits=limits) as http:
         start = time.perf_counter() + 1.0
+
+        async def mark() -> None:
+            await asyncio.sleep(max(0.0, start + args.warmup - time.perf_counter()))
+            await asyncio.to_thread(measuring)
+
+        marker = asyncio.create_task(mark())
         await asyncio.gather(*(robot(i, http, args, frames, start, stats, tasks, url) for i in range(args.robots)))
+        await marker
         if tasks:
             await asyncio.wait(set(tasks), timeout=args.timeout + 1)
-        wall = time.perf_counter() - start
+        wall = time.perf_counter() - start - args.warmup
         for client in stats.raw_clients:
             await client.close()
         for session_id in stats.sessions:
@@ -416,6 +431,9 @@ def main(argv=None) -> int:
     parser.add_argument("--robots", type=int, default=20)
     parser.add_argument("--rate-hz", type=float, default=10.0)
     parser.add_argument("--duration", type=float, default=30.0, help="Seconds of load.")
+    parser.add_argument("--warmup", type=float, default=0.0,
+                        help="Seconds of the same load before the measured --duration, sent and not counted: the same "
+                             "robots, sessions and connections, without a pause in between (0: measure from the first frame).")
     parser.add_argument("--method", default="sad", help="sad | snn-ensemble | netvlad | ... (as `spikebot serve`).")
     parser.add_argument("--config", help="Ensemble config JSON (spiking methods).")
     parser.add_argument("--map", help="A `spikebot vpr build-map` output (default: the server builds the map).")
@@ -468,9 +486,13 @@ def main(argv=None) -> int:
         if info is None:
             raise SystemExit(f"map {args.map_name!r} not served (maps: {[m['name'] for m in maps]})")
         rss_before = rss_mb(process.pid) if process else None
-        batches_before = batch_histogram(url, args.map_name)
-        load_before = os.getloadavg()[0]
-        server_cpu_before, client_cpu_before = (cpu_seconds(process.pid) if process else None), cpu_seconds(os.getpid())
+        before: dict = {}
+
+        def measuring() -> None:
+            """What the measured part is compared against: read when it begins (after any --warmup)."""
+            before.update(batches=batch_histogram(url, args.map_name), load=os.getloadavg()[0],
+                          server_cpu=cpu_seconds(process.pid) if process else None, client_cpu=cpu_seconds(os.getpid()))
+
         peak = [rss_before or 0.0]
         stop = threading.Event()
 
@@ -483,7 +505,9 @@ def main(argv=None) -> int:
         sampler = threading.Thread(target=sample, daemon=True) if process else None
         if sampler:
             sampler.start()
-        stats, wall = asyncio.run(run_load(args, url, frames))
+        stats, wall = asyncio.run(run_load(args, url, frames, measuring))
+        batches_before, load_before = before["batches"], before["load"]
+        server_cpu_before, client_cpu_before = before["server_cpu"], before["client_cpu"]
         stop.set()
         rss_after = rss_mb(process.pid) if process else None
         server_cpu = cpu_seconds(process.pid) if process else None
@@ -502,7 +526,7 @@ def main(argv=None) -> int:
     active = (stats.last_ok - stats.first_ok) if ok > 1 else None
     result = {
         "method": info["method"], "n_places": info["n_places"], "robots": args.robots, "rate_hz": args.rate_hz,
-        "duration_s": args.duration, "planned": planned, "sent": stats.sent, "ok": ok,
+        "duration_s": args.duration, "warmup_s": args.warmup, "planned": planned, "sent": stats.sent, "ok": ok,
         "errors": dict(stats.errors), "late": stats.late, "missed": stats.missed, "wall_s": wall,
         "throughput": ok / args.duration, "throughput_active": (ok - 1) / active if active else None,
         "p50": percentile(stats.latencies, 50), "p95": percentile(stats.latencies, 95),
@@ -534,7 +558,8 @@ def main(argv=None) -> int:
     given = ", ".join(f"{k} {v:g}" for k, v in given.items() if v is not None) or "its defaults"
     print(f"- server: {'started here with ' + given if process else url}; "
           f"map ready after {ready_s:.1f} s; sessions of {args.sequence_length} frames; {args.client} client, "
-          f"sharing the machine with the server (1-min load average before the load {result['load_average_before']:.2f}, "
+          + (f"after {args.warmup:g} s of the same load not counted, " if args.warmup else "")
+          + f"sharing the machine with the server (1-min load average before the load {result['load_average_before']:.2f}, "
           "other users of the machine included)")
     print()
     print("| method | places | robots x Hz | s | sent / planned | ok | errors | late | missed | ok req/s "
