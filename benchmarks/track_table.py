@@ -17,7 +17,9 @@ def main() -> None:
         dataset = config["dataset"]
         key = (f"{dataset['name']} {dataset['reference']} -> {dataset['query']} ({dataset['split']})",
                f"{agent['method']['name']}, {agent['sequence']['mode']}"
-               + (f" (contrast window {agent['sequence']['contrast_window']})" if agent['sequence']['mode'] == 'seqslam' else "")
+               + (f" (contrast window {agent['sequence']['contrast_window']}"
+                  + (f", {agent['sequence']['velocity_phases']} phases" if agent['sequence'].get('velocity_phases', 1) > 1 else "")
+                  + ")" if agent['sequence']['mode'] == 'seqslam' else "")
                + (f" (odometry noise {config['env_options']['odometry_noise']})" if agent['sequence']['mode'] == 'odometry' else ""))
         rows.setdefault(key, {})[config["speed_profile"]] = metrics
     print("| route (split) | agent, L = 10 | constant | varying | varying - constant | steps | latency p50 ms |")
