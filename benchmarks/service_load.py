@@ -463,6 +463,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.robots < 1 or args.rate_hz <= 0 or args.duration <= 0:
         parser.error("--robots, --rate-hz and --duration must be positive")
+    if args.warmup < 0:
+        parser.error("--warmup must be >= 0")
 
     command = shlex.join([Path(sys.executable).name, *sys.argv]) if argv is None else shlex.join(argv)
     frames = query_frames(args)

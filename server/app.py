@@ -248,14 +248,18 @@ class ServiceState:
     def warm_up(self, loaded: LoadedMap) -> None:
         """Run ``loaded`` before robots do: every batch size once (kernels are built per shape, process-wide), then
         a blank PNG and a blank JPEG through its batcher (the serving thread's first batch and the image decoders'
-        first use each cost tens of ms). These batches show in the batch metrics."""
-        loaded.warm_up(self.settings.max_batch)
-        batcher = self.batcher(loaded)
-        decode = functools.partial(decode_image, max_pixels=self.settings.max_image_pixels)
-        for image_format in ("PNG", "JPEG"):
-            encoded = io.BytesIO()
-            Image.new("RGB", (64, 32)).save(encoded, image_format)
-            batcher.submit(encoded.getvalue(), prepare=decode).result()  # part of loading, like the map itself
+        first use each cost tens of ms). These batches show in the batch metrics. Only an optimisation: a method
+        that fails on a blank frame is logged and served anyway (real frames will tell)."""
+        try:
+            loaded.warm_up(self.settings.max_batch)
+            batcher = self.batcher(loaded)
+            decode = functools.partial(decode_image, max_pixels=self.settings.max_image_pixels)
+            for image_format in ("PNG", "JPEG"):
+                encoded = io.BytesIO()
+                Image.new("RGB", (64, 32)).save(encoded, image_format)
+                batcher.submit(encoded.getvalue(), prepare=decode).result()  # part of loading, like the map itself
+        except Exception:  # noqa: BLE001 (logged; the map is still served)
+            log.exception("warming up map %s failed; serving it cold", loaded.name)
 
     def map(self, name: str) -> LoadedMap:
         if not self.ready:

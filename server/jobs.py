@@ -277,6 +277,8 @@ class MapBuilds:
             except BaseException:
                 self.discard(name, staging)
                 raise
+            if self.state.settings.warm_up:
+                self.state.warm_up(loaded)
             with self._lock:
                 self.state.maps = {**self.state.maps, name: loaded}
                 self._building.discard(name)

@@ -408,3 +408,15 @@ def test_maps_are_warmed_up_with_every_batch_size_before_they_are_served(warm_up
         assert method.sizes == ([1, 2, 3, 4, 1, 1] if warm_up else [])
         batches = 'spikebot_batch_size_count{map="counted"} 2.0' if warm_up else 'spikebot_batch_size_count{map="counted"}'
         assert (batches in client.get("/metrics").text) == warm_up
+
+
+class FailingMethod(CountingMethod):
+    def distances(self, images):
+        raise RuntimeError("this method cannot describe a blank frame")
+
+
+def test_a_map_that_fails_its_warm_up_is_still_served():
+    app = create_app(ServiceSettings(warm_up=True), maps=[Ready(LoadedMap("fragile", FailingMethod(), 3))])
+    with TestClient(app) as client:
+        wait_ready(client)
+        assert [m["name"] for m in client.get("/v1/maps").json()["maps"]] == ["fragile"]
