@@ -48,19 +48,19 @@ async def measure(requests: int, n_places: int) -> float:
     app = create_app(ServiceSettings(warm_up=False), maps=[Loaded(LoadedMap("m", InstantMethod(n_places), n_places))])
     encoded = io.BytesIO()
     Image.new("RGB", (64, 32)).save(encoded, "PNG")
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://service") as client:
-            while (await client.get("/readyz")).status_code != 200:
-                await asyncio.sleep(0.05)
-            session = (await client.post("/v1/sessions", json={"map": "m", "sequence_length": 5})).json()["id"]
-            headers = {"content-type": "image/png", "X-Session-Id": session}
-            for _ in range(50):
-                await client.post("/v1/maps/m/localize", content=encoded.getvalue(), headers=headers)
-            started = time.perf_counter()
-            for _ in range(requests):
-                response = await client.post("/v1/maps/m/localize", content=encoded.getvalue(), headers=headers)
-                response.raise_for_status()
-            return (time.perf_counter() - started) / requests
+    transport = httpx.ASGITransport(app=app)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://service") as client:
+        while (await client.get("/readyz")).status_code != 200:
+            await asyncio.sleep(0.05)
+        session = (await client.post("/v1/sessions", json={"map": "m", "sequence_length": 5})).json()["id"]
+        headers = {"content-type": "image/png", "X-Session-Id": session}
+        for _ in range(50):
+            await client.post("/v1/maps/m/localize", content=encoded.getvalue(), headers=headers)
+        started = time.perf_counter()
+        for _ in range(requests):
+            response = await client.post("/v1/maps/m/localize", content=encoded.getvalue(), headers=headers)
+            response.raise_for_status()
+        return (time.perf_counter() - started) / requests
 
 
 def main() -> None:

@@ -2,9 +2,10 @@
 
 Why batch. A query's cost is dominated by reading the map, not by the query: the Nordland spiking map (3375
 places, 5 members) holds 67k read-out neurons x 1024 inputs in bfloat16 (137 MB), and one frame's matrix-vector
-product reads all of it (12 ms on this project's 2-core VM); a product over 16 frames reads it once for all of them
-(19 ms). SAD reads its 3375 x 2048 reference pixels per call the same way. Separate calls per request therefore cap
-a map at about 80 requests/s however many threads run them; one call for every request waiting does not.
+product reads all of it; a product over 16 frames reads it once for all of them, for about twice the time of one
+(``benchmarks/map_batch_cost.py``: 4.3 and 8.1 ms on 2 threads of this project's VM). SAD reads its 3375 x 2048
+reference pixels per call the same way. Separate calls per request therefore cost one read of the map each, however
+many threads run them; one call for every request waiting shares the read.
 
 :class:`MicroBatcher` (one per served map): requests :meth:`~MicroBatcher.submit` a payload and get a
 :class:`concurrent.futures.Future` of its result. One worker thread takes the oldest waiting payload, then every
