@@ -1,5 +1,5 @@
 """``spikebot policy``: manipulation policies: record expert demonstrations, train a diffusion policy, evaluate a
-checkpoint, plot success over training.
+checkpoint, count its operations and spikes, plot success over training.
 
 A thin shell: it parses options and calls :mod:`policy.demos`, :mod:`policy.workspace`, :mod:`policy.runner` and
 :mod:`policy.plots`; it holds no logic of its own.
@@ -169,6 +169,66 @@ def eval_command(checkpoint, episodes, seed0, task, sampler, inference_steps, ba
                f"mean length {result.mean_length:.1f} steps, latency {result.latency_ms_mean:.1f} ms per chunk "
                f"(median {result.latency_ms_median:.1f}, p95 {result.latency_ms_p95:.1f}; batch {batch}, {policy_.device})")
     if out:
+        click.echo(f"written {out}")
+
+
+@policy.command("cost")
+@click.option("--checkpoint", "checkpoints", required=True, multiple=True, type=click.Path(exists=True, file_okay=False),
+              help="A checkpoint or run folder; repeat to compare (e.g. STMDP and the transformer baseline).")
+@click.option("--demos", "demos_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Demonstrations to draw observation histories from [default: the ones each checkpoint trained on].")
+@click.option("--samples", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Observation histories (seeded draw from the demonstrations' windows).")
+@click.option("--sampler", type=click.Choice(["ddim", "ddpm"]), default="ddim", show_default=True)
+@click.option("--inference-steps", type=click.IntRange(min=1), default=10, show_default=True, help="DDIM steps.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the draw and the noise.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the costs as JSON here.")
+def cost_command(checkpoints, demos_path, samples, sampler, inference_steps, seed, out):
+    """Operations per action chunk: multiply-accumulates, and for a spiking network its spikes, firing rate per
+    layer and synaptic operations, with a 45 nm energy estimate (policy.models.cost explains the counting)."""
+    import torch
+
+    from policy.dataset import WindowSpec, sample_histories
+    from policy.demos import load_demos
+    from policy.diffusion import DiffusionPolicy
+    from policy.workspace import resolve_checkpoint
+
+    documents = []
+    try:
+        for checkpoint in checkpoints:
+            folder = resolve_checkpoint(checkpoint)
+            policy_ = DiffusionPolicy.load(folder, device="cpu")
+            metadata = json.loads((folder / "policy.json").read_text()).get("metadata", {})
+            source = demos_path or metadata.get("demos", {}).get("path")
+            if source is None:
+                raise click.UsageError(f"{folder} does not say which demonstrations it trained on: pass --demos")
+            config = policy_.network_config
+            spec = WindowSpec(config.obs_horizon, config.pred_horizon, policy_.config.action_horizon)
+            histories = sample_histories(load_demos(source), samples, seed, spec)
+            cost = policy_.inference_cost(histories, sampler, inference_steps, torch.Generator().manual_seed(seed))
+            documents.append({"checkpoint": str(folder), "model": metadata.get("model"), "task": metadata.get("task"),
+                              "step": metadata.get("step"), "demos": str(source), "samples": len(histories),
+                              "sampler": sampler, **cost.to_dict()})
+    except (SpikebotError, ValueError, OSError) as error:
+        raise click.ClickException(str(error)) from error
+    for document in documents:
+        passes = document["passes"]
+        click.echo(f"{document['checkpoint']} ({document['model']}, {document['task']}, step {document['step']}), "
+                   f"{sampler.upper()} {passes} passes, {document['samples']} observation histories:")
+        click.echo(f"  per pass: {document['macs_per_pass'] / 1e6:.3f} M MACs, {document['sops_per_pass'] / 1e6:.3f} M "
+                   f"SOPs (run densely: {document['dense_macs_per_pass'] / 1e6:.3f} M MACs); per chunk "
+                   f"{document['energy_uj']:.1f} uJ estimated")
+        activity = document["activity"]
+        if activity:
+            click.echo(f"  spikes per pass {activity['spikes_per_pass']:.0f} (per chunk "
+                       f"{activity['spikes_per_pass'] * passes:.0f}), mean firing rate {activity['mean_firing_rate']:.1%}")
+            for layer in activity["layers"]:
+                click.echo(f"    {layer['name']:<40} {layer['neurons']:>6} neurons x {layer['time_steps']} steps  "
+                           f"rate {layer['firing_rate']:6.1%}  spikes {layer['spikes_per_pass']:9.0f}  "
+                           f"SOPs {layer['sops_per_pass'] / 1e3:9.1f} k")
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(documents, indent=2) + "\n")
         click.echo(f"written {out}")
 
 

@@ -98,3 +98,14 @@ class DemoWindows:
         """The raw (unnormalised) batch of training step ``step``, on ``device``."""
         index = self.batch_indices(step, batch_size, seed)
         return {"obs": self.obs[index].to(device), "action": self.action[index].to(device)}
+
+
+def sample_histories(demos: DemoSet, count: int, seed: int = 0, spec: WindowSpec = WindowSpec()) -> torch.Tensor:
+    """``count`` observation histories (count, obs_horizon, obs_dim) drawn without replacement (seeded) from the
+    windows of the successful demonstrations: the states a policy meets on the task, to measure its activity on."""
+    windows = DemoWindows(demos.successful(), spec)
+    if count < 1:
+        raise ValueError(f"count must be positive, got {count}")
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(windows), generator=generator)[: min(count, len(windows))]
+    return windows.obs[order]

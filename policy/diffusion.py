@@ -229,16 +229,19 @@ class DiffusionPolicy:
 
     def inference_cost(self, obs_history: np.ndarray | torch.Tensor, sampler: str | None = None, steps: int | None = None,
                        generator: torch.Generator | None = None) -> InferenceCost:
-        """Operations of one action chunk for one observation history: MACs, and for a spiking network the spikes
-        and synaptic operations recorded over every denoising pass (their rates change with the noise level)."""
+        """Operations of one action chunk, per observation history: MACs, and for a spiking network the spikes and
+        synaptic operations recorded over every denoising pass (their rates change with the noise level), averaged
+        over the histories given (one (obs_horizon, obs_dim) array or a batch of them)."""
         network = self.acting_network()
+        config = self.network_config
         obs = torch.as_tensor(obs_history, dtype=torch.float32, device=self.device)
         obs = obs.unsqueeze(0) if obs.dim() == 2 else obs
-        obs = self.normaliser.normalise("obs", obs[:1, -self.network_config.obs_horizon:])
+        if obs.dim() != 3 or obs.shape[1] < config.obs_horizon or obs.shape[2] != config.obs_dim or not len(obs):
+            raise ValueError(f"expected observations (B, >= {config.obs_horizon}, {config.obs_dim}), got {tuple(obs.shape)}")
+        obs = self.normaliser.normalise("obs", obs[:, -config.obs_horizon:])
         passes = len(self.sampler(sampler, steps).timesteps)
-        config = self.network_config
         example = (torch.zeros(1, config.pred_horizon, config.action_dim, device=self.device),
-                   torch.zeros(1, dtype=torch.long, device=self.device), obs)
+                   torch.zeros(1, dtype=torch.long, device=self.device), obs[:1])
         dense, per_module = count_macs(network, example)
         if not is_spiking(network):
             return InferenceCost(type(network).__name__, passes, dense, 0.0, dense)

@@ -356,6 +356,10 @@ def test_policy_checks_its_parts_and_never_touches_the_network(monkeypatch):
     assert len(policy.sampler().timesteps) == 4
     cost = policy.inference_cost(obs[0])
     assert cost.passes == 4 and cost.sops_per_pass > 0
+    batch_cost = policy.inference_cost(obs[:3])
+    assert batch_cost.passes == 4 and batch_cost.activity.layers[0].neurons == cost.activity.layers[0].neurons
+    with pytest.raises(ValueError, match="expected observations"):
+        policy.inference_cost(obs[:2, :, :10])
     with pytest.raises(ValueError, match="action_horizon"):
         DiffusionPolicy(build_network(TINY_CONFIGS["stmdp"]), policy.normaliser, DiffusionConfig(action_horizon=16))
     with pytest.raises(ValueError, match="dimensions"):

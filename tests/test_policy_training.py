@@ -193,6 +193,31 @@ def test_eval_cli_reports_well_formed_metrics(tmp_path, demo_file):
     assert (tmp_path / "success.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_cost_cli_counts_spikes_on_demonstration_states_and_compares_with_the_baseline(tmp_path, demo_file):
+    cli = CliRunner()
+    for model in MODELS:
+        args = train_args(demo_file, tmp_path / model, model, 2)
+        args[args.index("--eval-episodes") + 1] = "0"
+        assert cli.invoke(policy, args).exit_code == 0
+    out = tmp_path / "cost.json"
+    result = cli.invoke(policy, ["cost", "--checkpoint", str(tmp_path / "stmdp"), "--checkpoint",
+                                 str(tmp_path / "transformer"), "--samples", "5", "--inference-steps", "3",
+                                 "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    spiking, dense = json.loads(out.read_text())
+    assert spiking["model"] == "stmdp" and dense["model"] == "transformer"
+    assert spiking["samples"] == dense["samples"] == 5 and spiking["passes"] == 3
+    layers = spiking["activity"]["layers"]
+    assert layers and all(0.0 <= layer["firing_rate"] <= 1.0 for layer in layers)
+    assert spiking["activity"]["spikes_per_pass"] == pytest.approx(sum(layer["spikes_per_pass"] for layer in layers))
+    assert spiking["sops_per_pass"] > 0 and spiking["macs_per_pass"] < spiking["dense_macs_per_pass"]
+    assert dense["activity"] is None and dense["sops_per_pass"] == 0
+    assert dense["macs_per_pass"] == dense["dense_macs_per_pass"] > 0
+    assert "firing rate" in result.output and layers[0]["name"] in result.output
+    missing = cli.invoke(policy, ["cost", "--checkpoint", str(tmp_path / "stmdp"), "--demos", str(tmp_path / "no.npz")])
+    assert missing.exit_code != 0 and "no.npz" in missing.output
+
+
 class ScriptedPolicy:
     """A stand-in policy for the runner: returns ``make(obs)`` as its chunk."""
 
