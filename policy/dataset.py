@@ -103,9 +103,9 @@ class DemoWindows:
 def sample_histories(demos: DemoSet, count: int, seed: int = 0, spec: WindowSpec = WindowSpec()) -> torch.Tensor:
     """``count`` observation histories (count, obs_horizon, obs_dim) drawn without replacement (seeded) from the
     windows of the successful demonstrations: the states a policy meets on the task, to measure its activity on."""
-    windows = DemoWindows(demos.successful(), spec)
     if count < 1:
         raise ValueError(f"count must be positive, got {count}")
+    windows = DemoWindows(demos.successful(), spec)
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(windows), generator=generator)[: min(count, len(windows))]
     return windows.obs[order]
