@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--demo-episodes", type=int, default=50)
     parser.add_argument("--steps", type=int, default=1500, help="training steps, the same for every model")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--eval-every", type=int, default=500, help="periodic evaluation during training")
     parser.add_argument("--train-eval-episodes", type=int, default=10, help="episodes per periodic evaluation")
     parser.add_argument("--eval-episodes", type=int, default=50, help="episodes of the final evaluation")

@@ -63,7 +63,8 @@ def demos_command(task, episodes, seed, max_episode_steps, out):
               help="Expert episodes to record when --demos is not given (seeds 0..N-1).")
 @click.option("--steps", type=click.IntRange(min=1), default=1500, show_default=True, help="Training steps (the budget).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-4, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=3e-4, show_default=True,
+              help="Peak learning rate (runs saved with another one resume only with it given).")
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=1e-3, show_default=True)
 @click.option("--warmup-steps", type=click.IntRange(min=0), default=100, show_default=True, help="Linear lr warm-up.")
 @click.option("--ema/--no-ema", default=True, show_default=True, help="Act and save with the EMA of the weights.")
