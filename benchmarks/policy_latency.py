@@ -23,10 +23,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 import torch
 
-from policy.dataset import WindowSpec, sample_histories
-from policy.demos import load_demos
 from policy.diffusion import DiffusionPolicy
-from policy.workspace import resolve_checkpoint
+from policy.workspace import (
+    checkpoint_metadata,
+    demonstration_histories,
+    resolve_checkpoint,
+)
 
 
 def time_chunks(policy: DiffusionPolicy, histories: torch.Tensor, sampler: str, steps: int | None, chunks: int,
@@ -61,10 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     for checkpoint in args.checkpoint:
         folder = resolve_checkpoint(checkpoint)
         policy = DiffusionPolicy.load(folder, device=args.device)
-        metadata = json.loads((folder / "policy.json").read_text()).get("metadata", {})
-        config = policy.network_config
-        spec = WindowSpec(config.obs_horizon, config.pred_horizon, policy.config.action_horizon)
-        histories = sample_histories(load_demos(args.demos or metadata["demos"]["path"]), 32, 0, spec)
+        metadata = checkpoint_metadata(folder)
+        histories, _ = demonstration_histories(folder, policy, 32, 0, args.demos)
         samplers = [("ddim", steps) for steps in args.ddim_steps] + ([("ddpm", None)] if args.ddpm else [])
         for threads in args.threads:
             torch.set_num_threads(threads)

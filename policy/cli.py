@@ -144,14 +144,14 @@ def eval_command(checkpoint, episodes, seed0, task, sampler, inference_steps, ba
 
     from policy.diffusion import DiffusionPolicy
     from policy.runner import evaluate
-    from policy.workspace import resolve_checkpoint
+    from policy.workspace import checkpoint_metadata, resolve_checkpoint
 
     if threads:
         torch.set_num_threads(threads)
     try:
         folder = resolve_checkpoint(checkpoint)
         policy_ = DiffusionPolicy.load(folder, device=device)
-        metadata = json.loads((folder / "policy.json").read_text()).get("metadata", {})
+        metadata = checkpoint_metadata(folder)
         task = task or metadata.get("task")
         if task is None:
             raise click.UsageError(f"{folder} does not say which task it was trained on: pass --task")
@@ -189,23 +189,20 @@ def cost_command(checkpoints, demos_path, samples, sampler, inference_steps, see
     layer and synaptic operations, with a 45 nm energy estimate (policy.models.cost explains the counting)."""
     import torch
 
-    from policy.dataset import WindowSpec, sample_histories
-    from policy.demos import load_demos
     from policy.diffusion import DiffusionPolicy
-    from policy.workspace import resolve_checkpoint
+    from policy.workspace import (
+        checkpoint_metadata,
+        demonstration_histories,
+        resolve_checkpoint,
+    )
 
     documents = []
     try:
         for checkpoint in checkpoints:
             folder = resolve_checkpoint(checkpoint)
             policy_ = DiffusionPolicy.load(folder, device="cpu")
-            metadata = json.loads((folder / "policy.json").read_text()).get("metadata", {})
-            source = demos_path or metadata.get("demos", {}).get("path")
-            if source is None:
-                raise click.UsageError(f"{folder} does not say which demonstrations it trained on: pass --demos")
-            config = policy_.network_config
-            spec = WindowSpec(config.obs_horizon, config.pred_horizon, policy_.config.action_horizon)
-            histories = sample_histories(load_demos(source), samples, seed, spec)
+            metadata = checkpoint_metadata(folder)
+            histories, source = demonstration_histories(folder, policy_, samples, seed, demos_path)
             cost = policy_.inference_cost(histories, sampler, inference_steps, torch.Generator().manual_seed(seed))
             documents.append({"checkpoint": str(folder), "model": metadata.get("model"), "task": metadata.get("task"),
                               "step": metadata.get("step"), "demos": str(source), "samples": len(histories),

@@ -35,10 +35,10 @@ from policy.models import (
     parameter_count,
 )
 from policy.models.cost import InferenceCost, count_macs, is_spiking, spiking_cost
-from spikebot.spiking import record_activity
 from policy.normalise import Normaliser
 from spikebot.artefacts import file_sha256, read_checked_manifest
 from spikebot.provenance import __version__, git_commit
+from spikebot.spiking import record_activity
 from vpr.errors import SpikebotError
 
 if TYPE_CHECKING:  # diffusers takes ~2 s to import: only policies that are built load it
@@ -204,6 +204,15 @@ class DiffusionPolicy:
             network.train(training)
         return sample
 
+    def _condition(self, obs_history: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """The normalised last ``obs_horizon`` observations (B, obs_horizon, obs_dim) of one history or a batch."""
+        obs = torch.as_tensor(obs_history, dtype=torch.float32, device=self.device)
+        obs = obs.unsqueeze(0) if obs.dim() == 2 else obs
+        config = self.network_config
+        if obs.dim() != 3 or not len(obs) or obs.shape[1] < config.obs_horizon or obs.shape[2] != config.obs_dim:
+            raise ValueError(f"expected observations (B, >= {config.obs_horizon}, {config.obs_dim}), got {tuple(obs.shape)}")
+        return self.normaliser.normalise("obs", obs[:, -config.obs_horizon:])
+
     def predict_action(self, obs_history: np.ndarray | torch.Tensor, *, sampler: str | None = None, steps: int | None = None,
                        generator: torch.Generator | None = None, full: bool = False) -> np.ndarray | torch.Tensor:
         """Actions to execute, (action_horizon, A) for one observation history (T_obs, obs_dim) or
@@ -211,14 +220,9 @@ class DiffusionPolicy:
         ``full`` returns the whole predicted sequence (pred_horizon steps, the first obs_horizon - 1 of them in
         the past). A numpy input gives a numpy result (float32), a tensor a tensor on the policy's device."""
         as_numpy = isinstance(obs_history, np.ndarray)
-        obs = torch.as_tensor(obs_history, dtype=torch.float32, device=self.device)
-        single = obs.dim() == 2
-        if single:
-            obs = obs.unsqueeze(0)
+        single = np.ndim(obs_history) == 2
+        obs = self._condition(obs_history)
         config = self.network_config
-        if obs.dim() != 3 or obs.shape[1] < config.obs_horizon or obs.shape[2] != config.obs_dim:
-            raise ValueError(f"expected observations (B, >= {config.obs_horizon}, {config.obs_dim}), got {tuple(obs.shape)}")
-        obs = self.normaliser.normalise("obs", obs[:, -config.obs_horizon:])
         actions = self.normaliser.unnormalise("action", self.sample(obs, sampler, steps, generator))
         if not full:
             start = config.obs_horizon - 1
@@ -234,11 +238,7 @@ class DiffusionPolicy:
         over the histories given (one (obs_horizon, obs_dim) array or a batch of them)."""
         network = self.acting_network()
         config = self.network_config
-        obs = torch.as_tensor(obs_history, dtype=torch.float32, device=self.device)
-        obs = obs.unsqueeze(0) if obs.dim() == 2 else obs
-        if obs.dim() != 3 or obs.shape[1] < config.obs_horizon or obs.shape[2] != config.obs_dim or not len(obs):
-            raise ValueError(f"expected observations (B, >= {config.obs_horizon}, {config.obs_dim}), got {tuple(obs.shape)}")
-        obs = self.normaliser.normalise("obs", obs[:, -config.obs_horizon:])
+        obs = self._condition(obs_history)
         passes = len(self.sampler(sampler, steps).timesteps)
         example = (torch.zeros(1, config.pred_horizon, config.action_dim, device=self.device),
                    torch.zeros(1, dtype=torch.long, device=self.device), obs[:1])

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from policy.dataset import DemoWindows, WindowSpec, stream_seed
+from policy.dataset import DemoWindows, WindowSpec, sample_histories, stream_seed
 from policy.demos import (
     DemoError,
     DemoSet,
@@ -240,6 +240,23 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if latest is None:
         raise TrainError(f"{path} is neither a policy checkpoint (policy.json) nor a run folder with checkpoints")
     return latest
+
+
+def checkpoint_metadata(folder: Path) -> dict[str, Any]:
+    """The ``metadata`` a checkpoint was saved with (task, model, step, training configuration, demonstrations)."""
+    return json.loads((folder / "policy.json").read_text()).get("metadata", {})
+
+
+def demonstration_histories(folder: Path, policy: DiffusionPolicy, count: int, seed: int = 0,
+                            demos: str | Path | None = None) -> tuple[torch.Tensor, Path]:
+    """``count`` observation histories (seeded) from ``demos``, by default the demonstrations the checkpoint in
+    ``folder`` trained on, cut to ``policy``'s horizons; and the file they came from."""
+    source = demos or checkpoint_metadata(folder).get("demos", {}).get("path")
+    if source is None:
+        raise TrainError(f"{folder} does not say which demonstrations it trained on: give the demonstrations")
+    config = policy.network_config
+    spec = WindowSpec(config.obs_horizon, config.pred_horizon, policy.config.action_horizon)
+    return sample_histories(load_demos(source), count, seed, spec), Path(source)
 
 
 def load_training_demos(config: TrainConfig, run_dir: Path, *, record: bool) -> tuple[DemoSet, Path]:
