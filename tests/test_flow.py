@@ -70,7 +70,7 @@ def test_stepping_equals_the_sequence_forward_and_state_carries_memory(kind):
 
 
 def test_lif_leak_and_threshold_are_learned():
-    layer = ConvLIF(2, 3, leak=0.3, threshold=0.5)
+    layer = ConvLIF(2, 3, 1, FlowNetConfig(init_leak=0.3, init_threshold=0.5))
     assert torch.allclose(torch.sigmoid(layer.leak_logit), torch.tensor(0.3)) and torch.all(layer.threshold == 0.5)
     x = torch.rand(2, 2, 8, 8) * 4
     spikes, state = layer(x, None)
@@ -78,6 +78,76 @@ def test_lif_leak_and_threshold_are_learned():
     (spikes.sum() + spikes2.sum()).backward()
     assert set(torch.unique(spikes).tolist()) <= {0.0, 1.0}
     assert layer.leak_logit.grad.abs().sum() > 0 and layer.threshold.grad.abs().sum() > 0
+
+
+def test_reset_variants_and_detached_reset_share_the_forward_pass():
+    torch.manual_seed(0)
+    x = torch.rand(2, 2, 8, 8) * 4
+    layers = {name: ConvLIF(2, 3, 1, FlowNetConfig(init_threshold=0.5, **options)) for name, options in
+              {"zero": {}, "detached": {"detach_reset": True}, "subtract": {"reset": "subtract"}}.items()}
+    for layer in layers.values():
+        layer.load_state_dict(layers["zero"].state_dict())
+    first = {name: layer(x, None) for name, layer in layers.items()}
+    spikes, state = first["zero"]
+    assert spikes.sum() > 0
+    torch.testing.assert_close(first["detached"][1].v, state.v)
+    torch.testing.assert_close(first["detached"][0], spikes)
+    # where a neuron fired, a zero reset empties it and a subtractive one keeps what lay above the threshold
+    fired = spikes.bool()
+    assert torch.all(state.v[fired] == 0)
+    subtract = layers["subtract"]
+    with torch.no_grad():
+        decayed = torch.sigmoid(subtract.leak_logit) * subtract.norm(subtract.conv(x))  # one step from rest
+    threshold = subtract.threshold.expand_as(decayed)
+    torch.testing.assert_close(first["subtract"][1].v[fired], (decayed - threshold)[fired])
+    torch.testing.assert_close(first["subtract"][1].v[~fired], decayed[~fired])
+
+    def input_gradient(layer):
+        inputs = x.clone().requires_grad_()
+        out, state = layer(inputs, None)
+        out2, _ = layer(inputs, state)
+        (out + out2).sum().backward()
+        return inputs.grad
+
+    assert not torch.allclose(input_gradient(layers["zero"]), input_gradient(layers["detached"]))
+
+
+def test_surrogate_and_leak_spread_are_configured():
+    config = FlowNetConfig(surrogate="tanh", surrogate_alpha=5.0, leak_spread=2.0, channels=(8, 16))
+    layer = FlowNet(config).encoders[0]
+    leaks = torch.sigmoid(layer.leak_logit).detach().flatten()
+    assert leaks[0] == pytest.approx(0.119, abs=1e-3) and leaks[-1] == pytest.approx(0.881, abs=1e-3)
+    assert torch.all(leaks.diff() > 0)
+    parameters = layer.parameters_lif()
+    assert parameters.method == "tanh" and float(parameters.alpha) == 5.0
+    for bad in ({"surrogate": "erf"}, {"surrogate_alpha": 0.0}, {"leak_spread": -1.0}, {"reset": "soft"}):
+        with pytest.raises(ValueError):
+            FlowNetConfig(**bad)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "spiking"])
+def test_coarse_flows_are_fed_forward_and_returned_per_scale(kind):
+    torch.manual_seed(0)
+    network = FlowNet(FlowNetConfig(kind=kind, channels=(4, 8, 8), coarse_flows=True)).eval()
+    plain = FlowNet(FlowNetConfig(kind=kind, channels=(4, 8, 8)))
+    assert len(network.coarse_heads) == 2
+    readout_leaks = 2 * 2 if kind == "spiking" else 0
+    assert parameter_count(network) - parameter_count(plain) == 2 * (8 * 2 + 2) + 2 * 9 * (8 + 4) + readout_leaks
+    counts = torch.rand(3, 1, 2, 16, 16) * 3
+    with torch.no_grad():
+        scales, _ = network.forward_scales(counts)
+        flows, _ = network(counts)
+        stepped, state = [], None
+        for frame in counts:
+            flow, state = network.step(frame, state)
+            stepped.append(flow)
+    assert len(scales) == 3 and all(scale.shape == (3, 1, 2, 16, 16) for scale in scales)
+    torch.testing.assert_close(scales[-1], flows)
+    torch.testing.assert_close(torch.stack(stepped), flows)
+    with torch.no_grad():  # the coarse flows reach the output: changing a coarse head changes it
+        network.coarse_heads[1].bias.add_(5.0)
+        changed, _ = network(counts)
+    assert not torch.allclose(changed, flows)
 
 
 def test_spiking_variant_is_smaller_and_bad_inputs_are_refused():
@@ -310,6 +380,12 @@ def test_cli_data_train_eval_show(tmp_path, monkeypatch):
 
 
 def test_cli_bad_inputs(tmp_path):
+    for network, message in (("{", "not JSON"), ('{"kind": "lstm"}', "without kind"),
+                             ('{"bogus": 1}', "unexpected keyword argument 'bogus'"),
+                             ('{"surrogate": "erf"}', "surrogate must be one of")):
+        result = _invoke("flow-train", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "m"), "--model",
+                         "spiking", "--network", network)
+        assert result.exit_code != 0 and message in result.output, result.output
     result = _invoke("flow-data", "--out", str(tmp_path / "x"), "--seeds", "a:b")
     assert result.exit_code == 2 and "START:STOP" in result.output
     result = _invoke("flow-eval", "--data", str(tmp_path / "none"))

@@ -94,6 +94,9 @@ def flow_data(out_dir, seeds, duration_ms, height, width, image, max_speed, max_
 @click.option("--model", "kind", required=True, type=click.Choice(KINDS), help="Recurrent unit: ConvLSTM or LIF.")
 @click.option("--channels", default="8,16,32", show_default=True, help="Channels per encoder level.")
 @click.option("--residual-blocks", default=1, show_default=True, type=int)
+@click.option("--network", "network_json", default="{}", show_default=True,
+              help="JSON of further network settings (events.flow.models.FlowNetConfig), e.g. "
+                   "'{\"surrogate\": \"tanh\", \"surrogate_alpha\": 5}'.")
 @click.option("--steps", default=500, show_default=True, type=int)
 @click.option("--batch", default=8, show_default=True, type=int)
 @click.option("--bins", default=8, show_default=True, type=int, help="10 ms bins per window (BPTT length).")
@@ -101,20 +104,31 @@ def flow_data(out_dir, seeds, duration_ms, height, width, image, max_speed, max_
 @click.option("--lr", "learning_rate", default=2e-3, show_default=True, type=float)
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--threads", default=1, show_default=True, type=int, help="torch threads.")
-def flow_train(data, out_dir, kind, channels, residual_blocks, steps, batch, bins, crop, learning_rate, seed,
-               threads) -> None:
+def flow_train(data, out_dir, kind, channels, residual_blocks, network_json, steps, batch, bins, crop, learning_rate,
+               seed, threads) -> None:
     """Train a temporally dense flow network (one 10 ms bin per step) on a simulated set; save it to OUT."""
     try:
         channel_sizes = tuple(int(c) for c in channels.split(","))
     except ValueError:
         raise click.BadParameter(f"{channels!r}: give comma-separated integers", param_hint="--channels") from None
+    try:
+        network_settings = json.loads(network_json)
+    except json.JSONDecodeError as error:
+        raise click.BadParameter(f"not JSON: {error}", param_hint="--network") from None
+    if not isinstance(network_settings, dict) or {"kind", "channels", "residual_blocks"} & set(network_settings):
+        raise click.BadParameter("give a JSON object without kind, channels or residual_blocks (they have options "
+                                 "of their own)", param_hint="--network")
 
     def run() -> None:
         from events.flow.dataset import load_set
         from events.flow.models import FlowNetConfig
         from events.flow.training import FlowTrainConfig, train
 
-        network = FlowNetConfig(kind=kind, channels=channel_sizes, residual_blocks=residual_blocks)
+        try:
+            network = FlowNetConfig(kind=kind, channels=channel_sizes, residual_blocks=residual_blocks,
+                                    **network_settings)
+        except TypeError as error:
+            raise click.BadParameter(str(error), param_hint="--network") from None
         config = FlowTrainConfig(network=network, steps=steps, batch=batch, bins=bins, crop=crop,
                                  learning_rate=learning_rate, seed=seed, torch_threads=threads)
         train_set = load_set(data)

@@ -17,7 +17,12 @@ Layout for ``channels = (c0, c1, c2)`` on a (2, H, W) OFF/ON count image (EV-Flo
 step costs milliseconds on a CPU): encoder levels at H/2, H/4, H/8 with c0, c1, c2 channels (3x3, stride 2);
 ``residual_blocks`` blocks of two 3x3 convolutions at H/8; a decoder that upsamples (nearest) by two, concatenates
 the encoder output of that scale (skip connection) and convolves, back to H/2; a linear 3x3 head gives the flow at
-H/2 (through the leaky readout in the spiking variant), upsampled bilinearly to H. The flow is in pixels per bin,
+H/2 (through the leaky readout in the spiking variant), upsampled bilinearly to H. With ``coarse_flows`` (EV-FlowNet's
+and the flow paper's multi-scale prediction) a 1x1 head also reads the input of every decoder level, its flow is
+upsampled into that level's input, and training supervises every scale: the deep layers get an error signal of
+their own instead of only what reaches them through the spiking decoder. A flow head is linear in the spikes it
+reads (integrated by a leaky readout in the spiking variant), so a decoder fed a coarse flow still computes a
+linear map of spikes into its neurons. The flow is in pixels per bin,
 (dx, dy). H and W must be multiples of 2 ** len(channels); :func:`pad_to_multiple` pads a frame.
 
 :meth:`FlowNet.step` is the streaming interface (one bin, state in and out); :meth:`FlowNet.forward` runs a
@@ -26,6 +31,7 @@ H/2 (through the leaky readout in the spiking variant), upsampled bilinearly to 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -35,9 +41,21 @@ import torch.nn.functional as F
 import spikebot.norse_quiet  # noqa: F401  (before norse: silences its import-time deprecation warning)
 from norse.torch.functional.leaky_integrator_box import LIBoxParameters, LIBoxState, li_box_feed_forward_step
 from norse.torch.functional.lif_box import LIFBoxFeedForwardState, LIFBoxParameters, lif_box_feed_forward_step
+from norse.torch.functional.reset import reset_subtract, reset_value
 from torch import nn
 
+from spikebot.spiking import SURROGATES
+
 KINDS = ("lstm", "spiking")
+RESETS = {"zero": reset_value, "subtract": reset_subtract}
+
+
+def _detached(reset: Callable) -> Callable:
+    """``reset`` with the spike's gradient cut out of it (Zenke and Vogels 2021: the reset then only shapes the
+    forward pass, and the surrogate gradient is not fed back through every spike)."""
+    def reset_detached(z: torch.Tensor, v: torch.Tensor, v_reset: torch.Tensor, v_th: torch.Tensor) -> torch.Tensor:
+        return reset(z.detach(), v, v_reset, v_th)
+    return reset_detached
 _DT = 1e-3  # norse's integration step; only dt * tau_mem_inv (the leak per bin) matters
 
 
@@ -45,13 +63,27 @@ _DT = 1e-3  # norse's integration step; only dt * tau_mem_inv (the leak per bin)
 class FlowNetConfig:
     """Sizes of a :class:`FlowNet`. ``init_leak`` is the fraction of the way to its input a spiking membrane moves
     per bin before training (0.5: a time constant of two bins), ``init_threshold`` its firing threshold before
-    training, against normalised input currents (0.5: 5-20% of the neurons fire per bin)."""
+    training, against normalised input currents (0.5: 5-20% of the neurons fire per bin). ``coarse_flows`` adds
+    the multi-scale flow heads of the module docstring. ``leak_spread`` spreads the initial leaks of a layer's
+    channels evenly over logit(init_leak) +- leak_spread (2: from 0.12 to 0.88 per bin), so that channels start
+    with different time constants: telling the direction of motion needs inputs of different ages side by side.
+    ``reset`` is what a
+    spike does to its membrane: ``zero`` sets it to zero, ``subtract`` takes the threshold off and keeps the rest
+    (so input above threshold is not forgotten); ``detach_reset`` keeps the reset out of the gradient.
+    ``surrogate`` and ``surrogate_alpha`` choose norse's surrogate gradient of a spike
+    (:class:`spikebot.spiking.NeuronConfig` lists them; norse's ``super`` ignores alpha)."""
 
     kind: str = "spiking"
     channels: tuple[int, ...] = (8, 16, 32)
     residual_blocks: int = 1
     init_leak: float = 0.5
+    leak_spread: float = 0.0
     init_threshold: float = 0.5
+    coarse_flows: bool = False
+    reset: str = "zero"
+    detach_reset: bool = False
+    surrogate: str = "super"
+    surrogate_alpha: float = 1.0
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -63,6 +95,13 @@ class FlowNetConfig:
             raise ValueError(f"residual_blocks must be >= 0, got {self.residual_blocks}")
         if not 0.0 < self.init_leak < 1.0 or self.init_threshold <= 0:
             raise ValueError("init_leak must be in (0, 1) and init_threshold positive")
+        if self.leak_spread < 0:
+            raise ValueError(f"leak_spread must be >= 0, got {self.leak_spread}")
+        if self.reset not in RESETS:
+            raise ValueError(f"unknown reset {self.reset!r}: expected one of {tuple(RESETS)}")
+        if self.surrogate not in SURROGATES or self.surrogate_alpha <= 0:
+            raise ValueError(f"surrogate must be one of {SURROGATES} with a positive alpha, got {self.surrogate!r} "
+                             f"and {self.surrogate_alpha}")
 
     @property
     def multiple(self) -> int:
@@ -116,19 +155,23 @@ class ConvLIF(nn.Module):
     against: without it, training silenced layer after layer (firing rates from 10-30% to under 1%) and the
     network fell back on predicting zero flow. At inference it is a fixed affine map per channel."""
 
-    def __init__(self, in_channels: int, channels: int, stride: int = 1, leak: float = 0.5, threshold: float = 0.5):
+    def __init__(self, in_channels: int, channels: int, stride: int, config: FlowNetConfig):
         super().__init__()
+        leak, threshold = config.init_leak, config.init_threshold
+        self.reset = _detached(RESETS[config.reset]) if config.detach_reset else RESETS[config.reset]
+        self.surrogate, self.surrogate_alpha = config.surrogate, config.surrogate_alpha
         self.conv = nn.Conv2d(in_channels, channels, 3, stride, 1, bias=False)
         self.norm = nn.BatchNorm2d(channels)
-        self.leak_logit = nn.Parameter(torch.full((channels, 1, 1), float(torch.logit(torch.tensor(leak)))))
+        spread = torch.linspace(-config.leak_spread, config.leak_spread, channels).reshape(channels, 1, 1)
+        self.leak_logit = nn.Parameter(torch.logit(torch.tensor(leak)) + spread)
         self.threshold = nn.Parameter(torch.full((channels, 1, 1), float(threshold)))
 
     def parameters_lif(self) -> LIFBoxParameters:
         """norse's parameters from the learned ones: the leak per bin as ``dt * tau_mem_inv``, the threshold kept
         above a small floor so that a neuron cannot come to fire on any input."""
         return LIFBoxParameters(tau_mem_inv=torch.sigmoid(self.leak_logit) / _DT, v_leak=torch.tensor(0.0),
-                                v_th=self.threshold.clamp(min=0.01), v_reset=torch.tensor(0.0), method="super",
-                                alpha=torch.tensor(1.0))
+                                v_th=self.threshold.clamp(min=0.01), v_reset=torch.tensor(0.0), method=self.surrogate,
+                                alpha=torch.tensor(self.surrogate_alpha), reset_method=self.reset)
 
     def forward(self, x: torch.Tensor, state: LIFBoxFeedForwardState | None):
         current = self.norm(self.conv(x))
@@ -162,19 +205,30 @@ class FlowNet(nn.Module):
             def encoder(cin, cout): return ConvLSTMCell(cin, cout, stride=2)
             def layer(cin, cout): return ConvReLU(cin, cout)
         else:
-            def encoder(cin, cout): return ConvLIF(cin, cout, 2, config.init_leak, config.init_threshold)
-            def layer(cin, cout): return ConvLIF(cin, cout, 1, config.init_leak, config.init_threshold)
+            def encoder(cin, cout): return ConvLIF(cin, cout, 2, config)
+            def layer(cin, cout): return ConvLIF(cin, cout, 1, config)
         self.encoders = nn.ModuleList(encoder(cin, cout) for cin, cout in zip((2,) + channels[:-1], channels))
         deepest = channels[-1]
         self.residual = nn.ModuleList(nn.ModuleList([layer(deepest, deepest), layer(deepest, deepest)])
                                       for _ in range(config.residual_blocks))
-        self.decoders = nn.ModuleList(layer(channels[i + 1] + channels[i], channels[i])
+        extra = 2 if config.coarse_flows else 0
+        self.decoders = nn.ModuleList(layer(channels[i + 1] + channels[i] + extra, channels[i])
                                       for i in reversed(range(len(channels) - 1)))
         self.head = nn.Conv2d(channels[0], 2, 3, 1, 1)
-        self.readout = LeakyReadout(2, config.init_leak) if config.kind == "spiking" else None
+        spiking = config.kind == "spiking"
+        self.readout = LeakyReadout(2, config.init_leak) if spiking else None
+        coarse = [channels[i + 1] for i in reversed(range(len(channels) - 1))] if config.coarse_flows else []
+        self.coarse_heads = nn.ModuleList(nn.Conv2d(c, 2, 1) for c in coarse)
+        self.coarse_readouts = nn.ModuleList(LeakyReadout(2, config.init_leak) for _ in coarse) if spiking else None
 
     def step(self, counts: torch.Tensor, state: list | None = None) -> tuple[torch.Tensor, list]:
         """Flow (B, 2, H, W) for one bin of OFF/ON counts (B, 2, H, W), and the state for the next bin."""
+        flows, state = self.step_scales(counts, state)
+        return flows[-1], state
+
+    def step_scales(self, counts: torch.Tensor, state: list | None = None) -> tuple[list[torch.Tensor], list]:
+        """Every flow the network predicts for one bin, coarsest first, each upsampled to (B, 2, H, W) (only the
+        last, the output, unless ``coarse_flows``), and the state for the next bin."""
         if counts.dim() != 4 or counts.shape[1] != 2:
             raise ValueError(f"expected counts (B, 2, H, W), got {tuple(counts.shape)}")
         height, width = counts.shape[-2:]
@@ -189,27 +243,39 @@ class FlowNet(nn.Module):
             new.append(s)
             return y
 
+        def predict(head, readout, x):
+            flow = head(x)
+            return run(readout, flow) if readout is not None else flow
+
         skips, x = [], counts
         for encoder in self.encoders:
             x = run(encoder, x)
             skips.append(x)
         for first, second in self.residual:
             x = x + run(second, run(first, x))
-        for decoder, skip in zip(self.decoders, reversed(skips[:-1])):
-            x = run(decoder, torch.cat([F.interpolate(x, scale_factor=2.0, mode="nearest"), skip], dim=1))
-        x = self.head(x)
-        if self.readout is not None:
-            x = run(self.readout, x)
-        flow = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
-        return flow, new
+        flows = []
+        for level, (decoder, skip) in enumerate(zip(self.decoders, reversed(skips[:-1]))):
+            inputs = [F.interpolate(x, scale_factor=2.0, mode="nearest"), skip]
+            if self.config.coarse_flows:
+                readout = self.coarse_readouts[level] if self.coarse_readouts is not None else None
+                flows.append(predict(self.coarse_heads[level], readout, x))
+                inputs.append(F.interpolate(flows[-1], scale_factor=2.0, mode="bilinear", align_corners=False))
+            x = run(decoder, torch.cat(inputs, dim=1))
+        flows.append(predict(self.head, self.readout, x))
+        return [F.interpolate(flow, size=(height, width), mode="bilinear", align_corners=False) for flow in flows], new
 
     def forward(self, counts: torch.Tensor, state: list | None = None) -> tuple[torch.Tensor, list]:
         """Flows (T, B, 2, H, W) for a sequence of bins (T, B, 2, H, W), stepping through time."""
-        flows = []
+        flows, state = self.forward_scales(counts, state)
+        return flows[-1], state
+
+    def forward_scales(self, counts: torch.Tensor, state: list | None = None) -> tuple[list[torch.Tensor], list]:
+        """:meth:`step_scales` over a sequence: one (T, B, 2, H, W) tensor per predicted scale, coarsest first."""
+        steps = []
         for bin_counts in counts:
-            flow, state = self.step(bin_counts, state)
-            flows.append(flow)
-        return torch.stack(flows), state
+            flows, state = self.step_scales(bin_counts, state)
+            steps.append(flows)
+        return [torch.stack(scale) for scale in zip(*steps)], state
 
 
 def parameter_count(network: nn.Module) -> int:

@@ -3,7 +3,8 @@
 Training is the paper's supervised recipe, slimmed for a CPU: windows of ``bins`` consecutive 10 ms bins cropped
 to ``crop`` x ``crop`` (:func:`events.flow.dataset.sample_batch`), the network stepped through them from a zero
 state (backpropagation through time), and the mean squared error against the ground-truth flow of every bin over
-the pixels where it is defined (dense supervision: the simulator knows the flow everywhere, events or not). Adam
+the pixels where it is defined (dense supervision: the simulator knows the flow everywhere, events or not), averaged
+over the predicted scales when the network has coarse flow heads (the loss curve saved is the output's). Adam
 with a cosine decay of the learning rate, gradients clipped by norm (recurrent nets and LIF surrogates
 occasionally spike). Every random draw comes from ``seed``.
 
@@ -148,14 +149,15 @@ def train(config: FlowTrainConfig, train_set: SequenceSet,
     for step in progress(range(config.steps), desc=f"flow {config.network.kind}"):
         counts, flow, valid = (torch.from_numpy(a) for a in
                                sample_batch(train_set.sequences, config.batch, config.bins, config.crop, rng))
-        estimate, _ = network(counts)
-        loss = masked_mse(estimate, flow, valid)
+        scales, _ = network.forward_scales(counts)
+        scale_losses = [masked_mse(estimate, flow, valid) for estimate in scales]
+        loss = torch.stack(scale_losses).mean()
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(network.parameters(), config.grad_clip)
         optimiser.step()
         schedule.step()
-        losses.append(loss.item())
+        losses.append(scale_losses[-1].item())
         if on_step is not None:
             on_step(step, losses[-1])
     history = {"loss": losses, "train_seconds": time.perf_counter() - started}
