@@ -195,20 +195,11 @@ def test_rate_code_fires_at_the_value():
         rate_code(values, 0)
 
 
-def test_regular_rate_code_fires_round_value_times_t_evenly_without_noise():
-    values = torch.tensor([[0.0, 0.03, 0.25, 0.5, 0.74, 1.0]])
-    spikes = rate_code(values, 16, coding="regular")
-    assert spikes.shape == (16, 1, 6) and set(spikes.unique().tolist()) <= {0.0, 1.0}
-    assert spikes.sum(dim=0).flatten().tolist() == [0, 0, 4, 8, 12, 16]
-    quarter = spikes[:, 0, 2].nonzero().flatten()
-    assert quarter.diff().tolist() == [4, 4, 4]  # evenly spaced
-    torch.testing.assert_close(rate_code(values, 16, torch.Generator().manual_seed(5), "regular"), spikes)
-    with pytest.raises(ValueError, match="unknown rate code"):
-        rate_code(values, 16, coding="poisson")
-    with pytest.raises(ValueError, match="unknown rate code"):
-        SpikePointConfig(coding="poisson")
-    logits = SpikePoint(SpikePointConfig(coding="regular")).eval()(torch.rand(2, 4, 3, 9))
-    assert logits.shape == (2, 8)
+def test_spikepoint_surrogate_reaches_its_neurons():
+    network = SpikePoint(SpikePointConfig(surrogate="tanh", surrogate_alpha=5.0))
+    assert network.local_lif.neuron.method == "tanh" and network.global_lif.neuron.alpha == 5.0
+    with pytest.raises(ValueError, match="unknown surrogate"):
+        SpikePointConfig(surrogate="erf")
 
 
 def test_spikepoint_is_tiny_and_spiking_the_baseline_large():

@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from events.action.points import FEATURES, RATE_CODES, rate_code
+from events.action.points import FEATURES, rate_code
 from spikebot.spiking import MultiStepLIF, NeuronConfig
 
 
@@ -56,8 +56,8 @@ class _ConfigMixin:
 
 @dataclass(frozen=True)
 class SpikePointConfig(_ConfigMixin):
-    """Widths, residual blocks per stage, time steps, the rate code of the input (:func:`events.action.points.rate_code`)
-    and the LIF neuron (norse units: 1/s and s)."""
+    """Widths, residual blocks per stage, time steps and the LIF neuron (norse units: 1/s and s; ``surrogate``
+    and ``surrogate_alpha`` are :class:`spikebot.spiking.NeuronConfig`'s ``method`` and ``alpha``)."""
 
     kind: ClassVar[str] = "spikepoint"
     n_classes: int = 8
@@ -67,21 +67,21 @@ class SpikePointConfig(_ConfigMixin):
     global_dim: int = 96
     global_blocks: int = 1
     time_steps: int = 16
-    coding: str = "bernoulli"
     tau_mem_inv: float = 500.0
     v_th: float = 1.0
+    surrogate: str = "super"
+    surrogate_alpha: float = 1.0
 
     def __post_init__(self) -> None:
         if min(self.n_classes, self.in_features, self.local_dim, self.global_dim, self.time_steps) < 1:
             raise ValueError("n_classes, in_features, local_dim, global_dim and time_steps must be positive")
         if self.local_blocks < 0 or self.global_blocks < 0:
             raise ValueError("local_blocks and global_blocks must be >= 0")
-        if self.coding not in RATE_CODES:
-            raise ValueError(f"unknown rate code {self.coding!r}: expected one of {RATE_CODES}")
         self.neuron()  # validates the neuron
 
     def neuron(self) -> NeuronConfig:
-        return NeuronConfig(tau_mem_inv=self.tau_mem_inv, v_th=self.v_th)
+        return NeuronConfig(tau_mem_inv=self.tau_mem_inv, v_th=self.v_th, method=self.surrogate,
+                            alpha=self.surrogate_alpha)
 
 
 @dataclass(frozen=True)
@@ -145,7 +145,7 @@ class SpikePoint(nn.Module):
 
     def forward(self, grouped: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         _check_input(grouped, self.config.in_features)
-        spikes = rate_code(grouped, self.config.time_steps, generator, self.config.coding)  # (T, B, S, K, F)
+        spikes = rate_code(grouped, self.config.time_steps, generator)  # (T, B, S, K, F)
         currents = self.local_embed(spikes)
         for block in self.local_blocks:
             currents = block(currents)

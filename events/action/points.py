@@ -21,11 +21,8 @@ step vectorised over the batch and the points), then the ``k`` nearest points of
   channels fires instead of discarding it;
 - the centroid's own (t, x, y), so the global stage knows where each group lies.
 
-:func:`rate_code` turns these into spike trains over T steps whose rate is the value: ``bernoulli`` fires each
-step with probability ``value`` (the classic stochastic code: a value of 0.25 gives 4 +- 1.7 spikes in 16 steps),
-``regular`` fires round(value * T) evenly spaced spikes (the same rate without the sampling noise, so two
-points 1/16 apart always differ). The ANN baseline takes the same 9 numbers as real values: both models see the
-same information.
+:func:`rate_code` turns these into Bernoulli spike trains over T steps (probability = value per step). The ANN
+baseline takes the same 9 numbers as real values: both models see the same information.
 """
 
 from __future__ import annotations
@@ -160,20 +157,9 @@ def group_points(points: torch.Tensor, n_centroids: int, k: int) -> torch.Tensor
                       centroids[:, :, None].expand(-1, -1, k, -1)], dim=-1)
 
 
-RATE_CODES = ("bernoulli", "regular")
-
-
-def rate_code(values: torch.Tensor, time_steps: int, generator: torch.Generator | None = None,
-              coding: str = "bernoulli") -> torch.Tensor:
-    """Spike trains (T, ...) float whose rate per step is ``value`` (values in [0, 1]); see the module docstring
-    for the two ``coding`` schemes (``regular`` draws nothing from ``generator``)."""
+def rate_code(values: torch.Tensor, time_steps: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Bernoulli spike trains (T, ...) float: each step fires with probability ``value`` (values in [0, 1])."""
     if time_steps < 1:
         raise ValueError(f"time_steps must be positive, got {time_steps}")
-    if coding not in RATE_CODES:
-        raise ValueError(f"unknown rate code {coding!r}: expected one of {RATE_CODES}")
-    if coding == "regular":
-        steps = torch.arange(time_steps + 1, device=values.device, dtype=values.dtype).reshape(-1, *[1] * values.dim())
-        cumulative = torch.floor(steps * values + 0.5)  # spikes fired by the end of each step, rounded
-        return (cumulative[1:] - cumulative[:-1]).clamp(0, 1)
     noise = torch.rand((time_steps, *values.shape), generator=generator, device=values.device, dtype=values.dtype)
     return (noise < values).to(values.dtype)
