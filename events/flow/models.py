@@ -56,6 +56,8 @@ def _detached(reset: Callable) -> Callable:
     def reset_detached(z: torch.Tensor, v: torch.Tensor, v_reset: torch.Tensor, v_th: torch.Tensor) -> torch.Tensor:
         return reset(z.detach(), v, v_reset, v_th)
     return reset_detached
+
+
 _DT = 1e-3  # norse's integration step; only dt * tau_mem_inv (the leak per bin) matters
 
 
@@ -66,12 +68,14 @@ class FlowNetConfig:
     training, against normalised input currents (0.5: 5-20% of the neurons fire per bin). ``coarse_flows`` adds
     the multi-scale flow heads of the module docstring. ``leak_spread`` spreads the initial leaks of a layer's
     channels evenly over logit(init_leak) +- leak_spread (2: from 0.12 to 0.88 per bin), so that channels start
-    with different time constants: telling the direction of motion needs inputs of different ages side by side.
-    ``reset`` is what a
-    spike does to its membrane: ``zero`` sets it to zero, ``subtract`` takes the threshold off and keeps the rest
-    (so input above threshold is not forgotten); ``detach_reset`` keeps the reset out of the gradient.
-    ``surrogate`` and ``surrogate_alpha`` choose norse's surrogate gradient of a spike
-    (:class:`spikebot.spiking.NeuronConfig` lists them; norse's ``super`` ignores alpha)."""
+    with different time constants (tried for telling the direction of motion from inputs of different ages; it
+    trained worse). ``reset`` is what a spike does to its membrane: ``zero`` sets it to zero, ``subtract`` takes
+    the threshold off and keeps the rest; ``detach_reset`` keeps the reset out of the gradient (Zenke and Vogels
+    2021). ``surrogate`` and ``surrogate_alpha`` choose norse's surrogate gradient of a spike
+    (:class:`spikebot.spiking.NeuronConfig` lists them). The defaults are the first trained networks'; norse's
+    ``super`` ignores alpha, and its gradient, 1 / (|v - v_th| + 1)^2, reaches far from the threshold: through
+    seven layers and six bins that trained slowly, and ``tanh`` with alpha 5 learnt several times faster
+    (docs/benchmarks.md, issue 7)."""
 
     kind: str = "spiking"
     channels: tuple[int, ...] = (8, 16, 32)
