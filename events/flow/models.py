@@ -227,12 +227,17 @@ class FlowNet(nn.Module):
 
     def step(self, counts: torch.Tensor, state: list | None = None) -> tuple[torch.Tensor, list]:
         """Flow (B, 2, H, W) for one bin of OFF/ON counts (B, 2, H, W), and the state for the next bin."""
-        flows, state = self.step_scales(counts, state)
-        return flows[-1], state
+        flows, state = self._predict(counts, state)
+        return _upsample(flows[-1], counts), state
 
     def step_scales(self, counts: torch.Tensor, state: list | None = None) -> tuple[list[torch.Tensor], list]:
         """Every flow the network predicts for one bin, coarsest first, each upsampled to (B, 2, H, W) (only the
         last, the output, unless ``coarse_flows``), and the state for the next bin."""
+        flows, state = self._predict(counts, state)
+        return [_upsample(flow, counts) for flow in flows], state
+
+    def _predict(self, counts: torch.Tensor, state: list | None) -> tuple[list[torch.Tensor], list]:
+        """The flows of :meth:`step_scales` at the resolutions they are predicted at."""
         if counts.dim() != 4 or counts.shape[1] != 2:
             raise ValueError(f"expected counts (B, 2, H, W), got {tuple(counts.shape)}")
         height, width = counts.shape[-2:]
@@ -266,7 +271,7 @@ class FlowNet(nn.Module):
                 inputs.append(F.interpolate(flows[-1], scale_factor=2.0, mode="bilinear", align_corners=False))
             x = run(decoder, torch.cat(inputs, dim=1))
         flows.append(predict(self.head, self.readout, x))
-        return [F.interpolate(flow, size=(height, width), mode="bilinear", align_corners=False) for flow in flows], new
+        return flows, new
 
     def forward(self, counts: torch.Tensor, state: list | None = None) -> tuple[torch.Tensor, list]:
         """Flows (T, B, 2, H, W) for a sequence of bins (T, B, 2, H, W), stepping through time."""
@@ -280,6 +285,11 @@ class FlowNet(nn.Module):
             flows, state = self.step_scales(bin_counts, state)
             steps.append(flows)
         return [torch.stack(scale) for scale in zip(*steps)], state
+
+
+def _upsample(flow: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """``flow`` resized bilinearly to the frame of ``counts`` (flow values are already in the frame's pixels)."""
+    return F.interpolate(flow, size=counts.shape[-2:], mode="bilinear", align_corners=False)
 
 
 def parameter_count(network: nn.Module) -> int:
