@@ -84,7 +84,8 @@ def test_reset_variants_and_detached_reset_share_the_forward_pass():
     torch.manual_seed(0)
     x = torch.rand(2, 2, 8, 8) * 4
     layers = {name: ConvLIF(2, 3, 1, FlowNetConfig(init_threshold=0.5, **options)) for name, options in
-              {"zero": {}, "detached": {"detach_reset": True}, "subtract": {"reset": "subtract"}}.items()}
+              {"zero": {"detach_reset": False}, "detached": {"detach_reset": True},
+               "subtract": {"reset": "subtract"}}.items()}
     for layer in layers.values():
         layer.load_state_dict(layers["zero"].state_dict())
     first = {name: layer(x, None) for name, layer in layers.items()}
@@ -129,7 +130,7 @@ def test_surrogate_and_leak_spread_are_configured():
 def test_coarse_flows_are_fed_forward_and_returned_per_scale(kind):
     torch.manual_seed(0)
     network = FlowNet(FlowNetConfig(kind=kind, channels=(4, 8, 8), coarse_flows=True)).eval()
-    plain = FlowNet(FlowNetConfig(kind=kind, channels=(4, 8, 8)))
+    plain = FlowNet(FlowNetConfig(kind=kind, channels=(4, 8, 8), coarse_flows=False))
     assert len(network.coarse_heads) == 2
     readout_leaks = 2 * 2 if kind == "spiking" else 0
     assert parameter_count(network) - parameter_count(plain) == 2 * (8 * 2 + 2) + 2 * 9 * (8 + 4) + readout_leaks
@@ -284,6 +285,20 @@ def test_train_save_load_and_evaluate(kind, tiny_set, tmp_path):
     results = evaluate({"zero": zero_flow, kind: network_estimator(loaded.network)}, held_out)
     assert results["zero"]["pixels"] == results[kind]["pixels"] == held_out.sequences[0].event_mask.sum()
     assert results["zero"]["aee"] > 0
+
+
+def test_manifests_from_before_a_setting_existed_load_with_the_values_they_were_built_with(tiny_set, tmp_path):
+    legacy = FlowNetConfig(**TINY, coarse_flows=False, detach_reset=False, surrogate="super", surrogate_alpha=1.0)
+    model = train(FlowTrainConfig(network=legacy, steps=1, batch=1, bins=1, crop=16), tiny_set)
+    model.save(tmp_path / "model")
+    manifest = json.loads((tmp_path / "model" / "flow_model.json").read_text())
+    for section in (manifest["network"], manifest["train"]["network"]):
+        for name in ("coarse_flows", "leak_spread", "reset", "detach_reset", "surrogate", "surrogate_alpha"):
+            del section[name]
+    (tmp_path / "model" / "flow_model.json").write_text(json.dumps(manifest))
+    loaded = FlowModel.load(tmp_path / "model")
+    assert loaded.network.config == legacy and loaded.train_config.network == legacy
+    assert FlowNetConfig().coarse_flows and FlowNetConfig().surrogate == "tanh"  # new networks get the new recipe
 
 
 def test_bad_checkpoints_and_configs_are_refused(tiny_set, tmp_path):

@@ -58,6 +58,10 @@ def _detached(reset: Callable) -> Callable:
     return reset_detached
 
 
+LEGACY_SETTINGS: dict[str, Any] = {"coarse_flows": False, "leak_spread": 0.0, "reset": "zero", "detach_reset": False,
+                                   "surrogate": "super", "surrogate_alpha": 1.0}
+"""What the networks saved before each of these settings existed were built and trained with."""
+
 _DT = 1e-3  # norse's integration step; only dt * tau_mem_inv (the leak per bin) matters
 
 
@@ -72,10 +76,11 @@ class FlowNetConfig:
     trained worse). ``reset`` is what a spike does to its membrane: ``zero`` sets it to zero, ``subtract`` takes
     the threshold off and keeps the rest; ``detach_reset`` keeps the reset out of the gradient (Zenke and Vogels
     2021). ``surrogate`` and ``surrogate_alpha`` choose norse's surrogate gradient of a spike
-    (:class:`spikebot.spiking.NeuronConfig` lists them). The defaults are the first trained networks'; norse's
-    ``super`` ignores alpha, and its gradient, 1 / (|v - v_th| + 1)^2, reaches far from the threshold: through
-    seven layers and six bins that trained slowly, and ``tanh`` with alpha 5 learnt several times faster
-    (docs/benchmarks.md, issue 7)."""
+    (:class:`spikebot.spiking.NeuronConfig` lists them). The defaults are the recipe chosen on a validation set
+    (docs/benchmarks.md, issue 7): norse's ``super``, which the first networks used, ignores alpha, and its
+    gradient, 1 / (|v - v_th| + 1)^2, reaches far from the threshold; through seven layers and six bins that
+    trained slowly, and ``tanh`` with alpha 5 learnt several times faster. Manifests written before a setting
+    existed are read with :data:`LEGACY_SETTINGS`, the values those networks were built with."""
 
     kind: str = "spiking"
     channels: tuple[int, ...] = (8, 16, 32)
@@ -83,11 +88,11 @@ class FlowNetConfig:
     init_leak: float = 0.5
     leak_spread: float = 0.0
     init_threshold: float = 0.5
-    coarse_flows: bool = False
+    coarse_flows: bool = True
     reset: str = "zero"
-    detach_reset: bool = False
-    surrogate: str = "super"
-    surrogate_alpha: float = 1.0
+    detach_reset: bool = True
+    surrogate: str = "tanh"
+    surrogate_alpha: float = 5.0
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -117,7 +122,7 @@ class FlowNetConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> FlowNetConfig:
-        return cls(**values)
+        return cls(**(LEGACY_SETTINGS | values))
 
 
 class ConvLSTMCell(nn.Module):
