@@ -18,7 +18,8 @@ Action Recognition", ICLR 2024; no public code, built from the paper's descripti
   over the time steps. (The last OR, over 32 groups, is on for ~90% of (step, feature) pairs at initialisation;
   replacing it by the mean over groups was tried and learnt more slowly: 45.6% against 54.2% training accuracy
   after 13 epochs on the default set.)
-It stays tiny (~20-60 k parameters at the defaults).
+It stays tiny: 66 k parameters at the defaults (local 48, global 160, chosen on a validation split over local 32,
+global 96, which has 25 k; docs/benchmarks.md, issue 7), under 5% of the ANN's.
 
 :class:`PointNetClassifier`: the same two stages with ReLU MLPs of PointNet++'s widths (64-64-128 local,
 256-512-1024 global, 512-256 head with dropout), on the 9 features as real numbers: ~1.4 M parameters.
@@ -62,9 +63,9 @@ class SpikePointConfig(_ConfigMixin):
     kind: ClassVar[str] = "spikepoint"
     n_classes: int = 8
     in_features: int = FEATURES
-    local_dim: int = 32
+    local_dim: int = 48
     local_blocks: int = 1
-    global_dim: int = 96
+    global_dim: int = 160
     global_blocks: int = 1
     time_steps: int = 16
     tau_mem_inv: float = 500.0
