@@ -20,8 +20,8 @@ between two with events are stepped with zero counts, at most ``max_gap_bins`` (
 to that: the trained spiking networks' membranes keep about half of their distance to where zero input drives them
 per bin (learned leaks 0.45-0.52 in runs/flow/spiking_bn_1800, 0.46-0.64 in spiking_c31_tanh5_coarse_3600), so
 after 20 empty bins less than 1e-5 of what came before the pause is left, and stepping on would only cost time
-(5 ms a bin). An LSTM's forget gates are learned without such a bound; the cut is the same. The first bin of a stream starts from the zero state, as training and
-evaluation do.
+(5 ms a bin). An LSTM's forget gates are learned without such a bound; the cut is the same. The first bin of a
+stream starts from the zero state, as training and evaluation do.
 """
 
 from __future__ import annotations
