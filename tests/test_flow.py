@@ -113,6 +113,22 @@ def test_reset_variants_and_detached_reset_share_the_forward_pass():
     assert not torch.allclose(input_gradient(layers["zero"]), input_gradient(layers["detached"]))
 
 
+def test_recurrent_encoders_feed_their_last_spikes_back_sideways():
+    torch.manual_seed(0)
+    network = FlowNet(FlowNetConfig(channels=(4, 8), recurrent_encoders=True)).eval()
+    layer = network.encoders[0]
+    x = torch.rand(1, 2, 16, 16) * 4
+    with torch.no_grad():
+        spikes, state = layer(x, None)
+        membrane, remembered = state
+        assert spikes.sum() > 0 and torch.equal(remembered, spikes)
+        again, _ = layer(x, state)
+        layer.recurrent.weight.zero_()
+        without, _ = layer(x, state)
+    assert not torch.equal(again, without)  # the previous bin's spikes changed this bin's
+    assert parameter_count(network) - parameter_count(FlowNet(FlowNetConfig(channels=(4, 8)))) == 9 * (4 * 4 + 8 * 8)
+
+
 def test_surrogate_and_leak_spread_are_configured():
     config = FlowNetConfig(surrogate="tanh", surrogate_alpha=5.0, leak_spread=2.0, channels=(8, 16))
     layer = FlowNet(config).encoders[0]
@@ -293,7 +309,8 @@ def test_manifests_from_before_a_setting_existed_load_with_the_values_they_were_
     model.save(tmp_path / "model")
     manifest = json.loads((tmp_path / "model" / "flow_model.json").read_text())
     for section in (manifest["network"], manifest["train"]["network"]):
-        for name in ("coarse_flows", "leak_spread", "reset", "detach_reset", "surrogate", "surrogate_alpha"):
+        for name in ("coarse_flows", "leak_spread", "reset", "detach_reset", "surrogate", "surrogate_alpha",
+                     "recurrent_encoders"):
             del section[name]
     (tmp_path / "model" / "flow_model.json").write_text(json.dumps(manifest))
     loaded = FlowModel.load(tmp_path / "model")

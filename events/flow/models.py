@@ -6,7 +6,8 @@ Both variants share one layout and differ only in what carries memory from one b
   bottleneck residual blocks and the decoder are stateless convolutions with ReLU.
 - ``spiking``: every layer is a convolution and batch normalisation followed by LIF neurons (norse's current-free "box" LIF,
   :func:`norse.torch.functional.lif_box.lif_box_feed_forward_step`) whose leak and threshold are learned per
-  channel; the membrane potentials are the only memory. The leak is stored as a logit so that the fraction of
+  channel; the membrane potentials are the only memory (with ``recurrent_encoders``, also the encoders' spikes of
+  the previous bin). The leak is stored as a logit so that the fraction of
   the way to its input a membrane moves per bin stays in (0, 1) whatever the optimiser does. The flow is read
   from non-spiking leaky integrators with a learned leak (norse's
   :func:`~norse.torch.functional.leaky_integrator_box.li_box_feed_forward_step`) driven by the head: a linear map
@@ -59,7 +60,7 @@ def _detached(reset: Callable) -> Callable:
 
 
 LEGACY_SETTINGS: dict[str, Any] = {"coarse_flows": False, "leak_spread": 0.0, "reset": "zero", "detach_reset": False,
-                                   "surrogate": "super", "surrogate_alpha": 1.0}
+                                   "surrogate": "super", "surrogate_alpha": 1.0, "recurrent_encoders": False}
 """What the networks saved before each of these settings existed were built and trained with."""
 
 _DT = 1e-3  # norse's integration step; only dt * tau_mem_inv (the leak per bin) matters
@@ -80,7 +81,8 @@ class FlowNetConfig:
     (docs/benchmarks.md, issue 7): norse's ``super``, which the first networks used, ignores alpha, and its
     gradient, 1 / (|v - v_th| + 1)^2, reaches far from the threshold; through seven layers and six bins that
     trained slowly, and ``tanh`` with alpha 5 learnt several times faster. Manifests written before a setting
-    existed are read with :data:`LEGACY_SETTINGS`, the values those networks were built with."""
+    existed are read with :data:`LEGACY_SETTINGS`, the values those networks were built with.
+    ``recurrent_encoders`` makes the encoder levels :class:`RecurrentConvLIF` layers."""
 
     kind: str = "spiking"
     channels: tuple[int, ...] = (8, 16, 32)
@@ -93,6 +95,7 @@ class FlowNetConfig:
     detach_reset: bool = True
     surrogate: str = "tanh"
     surrogate_alpha: float = 5.0
+    recurrent_encoders: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -189,6 +192,26 @@ class ConvLIF(nn.Module):
         return lif_box_feed_forward_step(current, state, self.parameters_lif(), dt=_DT)
 
 
+class RecurrentConvLIF(ConvLIF):
+    """A :class:`ConvLIF` whose current also gets a 3x3 convolution of its own spikes of the previous bin: memory
+    that spreads sideways, as the ConvLSTM's hidden-to-hidden convolution does (a membrane alone remembers only
+    its own pixel). The state is the membrane and those spikes."""
+
+    def __init__(self, in_channels: int, channels: int, stride: int, config: FlowNetConfig):
+        super().__init__(in_channels, channels, stride, config)
+        self.recurrent = nn.Conv2d(channels, channels, 3, 1, 1, bias=False)
+
+    def forward(self, x: torch.Tensor, state: tuple[LIFBoxFeedForwardState, torch.Tensor] | None):
+        current = self.norm(self.conv(x))
+        if state is None:
+            membrane = LIFBoxFeedForwardState(v=torch.zeros_like(current))
+        else:
+            membrane, spikes = state
+            current = current + self.recurrent(spikes)
+        spikes, membrane = lif_box_feed_forward_step(current, membrane, self.parameters_lif(), dt=_DT)
+        return spikes, (membrane, spikes)
+
+
 class LeakyReadout(nn.Module):
     """Non-spiking leaky integrators, one per channel, with a learned leak (norse's box leaky integrator)."""
 
@@ -214,7 +237,8 @@ class FlowNet(nn.Module):
             def encoder(cin, cout): return ConvLSTMCell(cin, cout, stride=2)
             def layer(cin, cout): return ConvReLU(cin, cout)
         else:
-            def encoder(cin, cout): return ConvLIF(cin, cout, 2, config)
+            encoder_class = RecurrentConvLIF if config.recurrent_encoders else ConvLIF
+            def encoder(cin, cout): return encoder_class(cin, cout, 2, config)
             def layer(cin, cout): return ConvLIF(cin, cout, 1, config)
         self.encoders = nn.ModuleList(encoder(cin, cout) for cin, cout in zip((2,) + channels[:-1], channels))
         deepest = channels[-1]
