@@ -53,6 +53,7 @@ from policy.models import NETWORKS, build_network, network_config, parameter_cou
 from policy.models.common import added_fields
 from policy.normalise import Normaliser
 from spikebot.artefacts import file_sha256
+from spikebot.devices import check_device_name, resolve_device
 from vpr.errors import SpikebotError
 
 CONFIG_FORMAT = "spikebot-policy-train/1"
@@ -139,8 +140,8 @@ class TrainConfig:
             raise TrainError(f"eval_max_episode_steps must be in 1..500, got {self.eval_max_episode_steps}")
         if self.torch_threads is not None and self.torch_threads < 1:
             raise TrainError(f"torch_threads must be positive, got {self.torch_threads}")
-        if not (self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda")):
-            raise TrainError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if check_device_name(self.device):
+            raise TrainError(check_device_name(self.device))
         clash = {"obs_horizon", "pred_horizon"} & set(self.network)
         if clash:
             raise TrainError(f"set {sorted(clash)} on the TrainConfig, not in network")
@@ -188,11 +189,10 @@ class TrainConfig:
         return cls.from_dict(document["config"])
 
     def resolved_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise TrainError(f"device {self.device} asked for, but CUDA is not available")
-        return torch.device(self.device)
+        try:
+            return resolve_device(self.device)
+        except ValueError as error:
+            raise TrainError(str(error)) from None
 
 
 @dataclass

@@ -268,6 +268,27 @@ def test_train_save_load_evaluate(tiny_set, tmp_path, kind):
         assert torch.equal(tensor, retrained.model.network.state_dict()[name]), name
 
 
+def test_training_device_is_checked_and_recorded(tiny_set, tmp_path):
+    with pytest.raises(ActionModelError, match="device must be auto, cpu, cuda or cuda:N"):
+        ActionTrainConfig(model="spikepoint", device="cuda:x")
+    config = ActionTrainConfig(model="pointnet", network=SMALL_NETWORKS["pointnet"], points=TINY_POINTS, epochs=1,
+                               batch_size=8, device="cpu")
+    assert train(tiny_set, config, tmp_path / "cpu", show_progress=False).metrics["device"] == "cpu"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["spikepoint", "pointnet"])
+def test_training_on_cuda_saves_a_cpu_model(tiny_set, tmp_path, kind):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    config = ActionTrainConfig(model=kind, network=SMALL_NETWORKS[kind], points=TINY_POINTS, epochs=2, batch_size=8,
+                               device="cuda")
+    result = train(tiny_set, config, tmp_path / kind, show_progress=False)
+    assert result.metrics["device"].startswith("cuda") and np.isfinite(result.metrics["epochs"][-1]["loss"])
+    model, _ = ActionModel.load(result.checkpoint)
+    assert 0 <= evaluate(model, tiny_set, "test", latency_windows=1)["window_accuracy"] <= 1
+
+
 def test_corrupt_models_are_refused(tiny_set, tmp_path):
     config = ActionTrainConfig(model="pointnet", network=SMALL_NETWORKS["pointnet"], points=TINY_POINTS, epochs=1,
                                torch_threads=None)

@@ -303,6 +303,31 @@ def test_train_save_load_and_evaluate(kind, tiny_set, tmp_path):
     assert results["zero"]["aee"] > 0
 
 
+def test_training_device_is_checked_and_recorded(tiny_set):
+    with pytest.raises(FlowModelError, match="device must be auto, cpu, cuda or cuda:N"):
+        FlowTrainConfig(network=FlowNetConfig(**TINY), device="gpu")
+    model = train(FlowTrainConfig(network=FlowNetConfig(**TINY), steps=1, batch=1, bins=1, crop=16, device="cpu"),
+                  tiny_set)
+    assert model.history["device"] == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(FlowModelError, match="CUDA is not available"):
+            train(FlowTrainConfig(network=FlowNetConfig(**TINY), steps=1, batch=1, bins=1, crop=16, device="cuda"),
+                  tiny_set)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["lstm", "spiking"])
+def test_training_on_cuda_gives_a_cpu_model_that_matches_its_loss(kind, tiny_set):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    config = FlowTrainConfig(network=FlowNetConfig(kind=kind, **TINY), steps=5, batch=2, bins=2, crop=16, device="cuda")
+    model = train(config, tiny_set)
+    assert model.history["device"].startswith("cuda") and np.isfinite(model.history["loss"]).all()
+    assert all(p.device.type == "cpu" for p in model.network.parameters())
+    flows = predict_sequence(model.network, tiny_set.sequences[0].counts)
+    assert flows.shape == tiny_set.sequences[0].flow.shape and np.isfinite(flows).all()
+
+
 def test_manifests_from_before_a_setting_existed_load_with_the_values_they_were_built_with(tiny_set, tmp_path):
     legacy = FlowNetConfig(**TINY, coarse_flows=False, detach_reset=False, surrogate="super", surrogate_alpha=1.0)
     model = train(FlowTrainConfig(network=legacy, steps=1, batch=1, bins=1, crop=16), tiny_set)
@@ -409,6 +434,19 @@ def test_cli_data_train_eval_show(tmp_path, monkeypatch):
                          "--duration-ms", "30", "--panels", "2", *extra)
         assert result.exit_code == 0, result.output
         assert (tmp_path / "show.png").stat().st_size > 1000
+
+
+def test_cli_data_workers_simulate_the_same_set(tmp_path, monkeypatch):
+    monkeypatch.delenv("SPIKEBOT_DATA", raising=False)
+    size = ["--height", "32", "--width", "32", "--duration-ms", "30", "--seeds", "3:6"]
+    for workers in ("1", "2"):
+        result = _invoke("flow-data", "--out", str(tmp_path / workers), "--workers", workers, *size)
+        assert result.exit_code == 0, result.output
+    serial, parallel = load_set(tmp_path / "1"), load_set(tmp_path / "2")
+    assert serial.seeds == parallel.seeds == [3, 4, 5]
+    for one, other in zip(serial.sequences, parallel.sequences):
+        np.testing.assert_array_equal(one.events, other.events)
+        np.testing.assert_array_equal(one.flow, other.flow)
 
 
 def test_cli_bad_inputs(tmp_path):

@@ -117,10 +117,11 @@ def action_data(out_dir, images, train_seeds, test_seeds, test_seed0, size, dura
               help='JSON overrides of the network\'s sizes, e.g. \'{"local_dim": 16}\'.')
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="Torch CPU threads.")
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA when available), cpu, cuda or cuda:N.")
 @click.option("--eval/--no-eval", "run_eval", default=True, show_default=True,
               help="Evaluate on the held-out clips afterwards (eval.json in the model folder).")
 def action_train(model, out_dir, data_dir, images, epochs, batch_size, lr, window_ms, stride_ms, n_points, centroids,
-                 k, network_json, seed, threads, run_eval) -> None:
+                 k, network_json, seed, threads, device, run_eval) -> None:
     """Train an event-action classifier (SpikePoint or the ANN baseline) on the training clips of a set."""
 
     def run() -> None:
@@ -141,7 +142,7 @@ def action_train(model, out_dir, data_dir, images, epochs, batch_size, lr, windo
             raise click.BadParameter("must be a JSON object", param_hint="--network")
         points = PointConfig(window_ms=window_ms, stride_ms=stride_ms, n_points=n_points, n_centroids=centroids, k=k)
         config = ActionTrainConfig(model=model, network=network, points=points, epochs=epochs, batch_size=batch_size,
-                                   lr=lr, seed=seed, torch_threads=threads)
+                                   lr=lr, seed=seed, torch_threads=threads, device=device)
         if (Path(data_dir) / "actions.json").is_file():
             action_set = load_action_set(data_dir)
         else:

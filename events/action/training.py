@@ -49,6 +49,7 @@ from events.action.points import (
 )
 from spikebot.spiking import record_activity
 from spikebot.artefacts import file_sha256, read_checked_manifest
+from spikebot.devices import check_device_name, resolve_device
 from spikebot.progress import progress
 from spikebot.provenance import __version__, git_commit
 from vpr.errors import SpikebotError
@@ -63,7 +64,8 @@ class ActionModelError(SpikebotError):
 @dataclass(frozen=True)
 class ActionTrainConfig:
     """A training run: the model (``network`` overrides its default sizes), the preprocessing and optimisation.
-    ``torch_threads`` None keeps torch's default."""
+    ``torch_threads`` None keeps torch's default; ``device`` is where training runs (:mod:`spikebot.devices`; the
+    one used is saved in the metrics)."""
 
     model: str
     network: dict[str, Any] = field(default_factory=dict)
@@ -75,8 +77,11 @@ class ActionTrainConfig:
     label_smoothing: float = 0.1
     seed: int = 0
     torch_threads: int | None = 1
+    device: str = "auto"
 
     def __post_init__(self) -> None:
+        if check_device_name(self.device):
+            raise ActionModelError(check_device_name(self.device))
         if self.model not in MODELS:
             raise ActionModelError(f"unknown model {self.model!r}: expected one of {sorted(MODELS)}")
         if self.epochs < 1 or self.batch_size < 1 or self.seed < 0:
@@ -124,10 +129,11 @@ class ActionModel:
     def kind(self) -> str:
         return self.network.config.kind
 
-    def group(self, events: np.ndarray, windows: Windows, rng: np.random.Generator) -> torch.Tensor:
-        """Grouped points (B, S, K, FEATURES) of ``windows`` (points drawn from ``rng``)."""
+    def group(self, events: np.ndarray, windows: Windows, rng: np.random.Generator,
+              device: torch.device | None = None) -> torch.Tensor:
+        """Grouped points (B, S, K, FEATURES) of ``windows`` (points drawn from ``rng``), grouped on ``device``."""
         points = sample_points(events, windows, self.points, self.width, self.height, rng)
-        return group_points(torch.from_numpy(points), self.points.n_centroids, self.points.k)
+        return group_points(torch.from_numpy(points).to(device), self.points.n_centroids, self.points.k)
 
     @torch.inference_mode()
     def predict(self, events: np.ndarray, windows: Windows, seed: int = 0, batch_size: int = 64) -> torch.Tensor:
@@ -209,12 +215,16 @@ def train(action_set: ActionSet, config: ActionTrainConfig, out_dir: str | Path,
     windows = split_windows(action_set, "train", config.points)
     if len(windows) == 0:
         raise ActionModelError("the training split has no window with enough events")
+    try:
+        device = resolve_device(config.device)
+    except ValueError as error:
+        raise ActionModelError(str(error)) from None
     with torch.random.fork_rng(devices=[]):  # the weights and dropout draws: functions of the seed
         torch.manual_seed(config.seed)
         network = build_model(config.network_config())
-        model = ActionModel(network, config.points, action_set.config.width, action_set.config.height)
-        metrics = _fit(model, action_set, windows, config, log, show_progress)
-    network.eval()
+        model = ActionModel(network.to(device), config.points, action_set.config.width, action_set.config.height)
+        metrics = _fit(model, action_set, windows, config, device, log, show_progress)
+    network.cpu().eval()
     checkpoint = model.save(out_dir, {"train_config": config.to_dict(), "dataset": {
         "config": action_set.config.to_dict(), "sha256": dataset_sha256, "sources": action_set.sources},
         "metrics": metrics})
@@ -222,28 +232,28 @@ def train(action_set: ActionSet, config: ActionTrainConfig, out_dir: str | Path,
 
 
 def _fit(model: ActionModel, action_set: ActionSet, windows: Windows, config: ActionTrainConfig,
-         log: Callable[[str], None], show_progress: bool | None) -> dict[str, Any]:
-    """The training loop; the metrics of every epoch."""
+         device: torch.device, log: Callable[[str], None], show_progress: bool | None) -> dict[str, Any]:
+    """The training loop on ``device``; the metrics of every epoch."""
     network = model.network
-    labels = torch.from_numpy(action_set.labels[windows.clip])
+    labels = torch.from_numpy(action_set.labels[windows.clip]).to(device)
     optimiser = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     loss_function = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     batches = math.ceil(len(windows) / config.batch_size)
     total = config.epochs * batches
     metrics: dict[str, Any] = {"model": config.model, "parameters": parameter_count(network),
-                               "train_windows": len(windows), "epochs": []}
+                               "train_windows": len(windows), "device": str(device), "epochs": []}
     started = time.perf_counter()
     step = 0
     network.train()
     epochs = range(config.epochs)
     for epoch in progress(epochs, desc=f"train {config.model}") if show_progress is not False else epochs:
         rng = np.random.default_rng([config.seed, epoch])
-        generator = torch.Generator().manual_seed(int(rng.integers(2**63)))
+        generator = torch.Generator(device).manual_seed(int(rng.integers(2**63)))
         order = rng.permutation(len(windows))
         losses, correct = [], 0
         for batch in range(batches):
             index = order[batch * config.batch_size : (batch + 1) * config.batch_size]
-            grouped = model.group(action_set.events, windows.take(index), rng)
+            grouped = model.group(action_set.events, windows.take(index), rng, device)
             for group in optimiser.param_groups:
                 group["lr"] = learning_rate(config, step, total)
             logits = network(grouped, generator)

@@ -59,8 +59,10 @@ def _seed_range(text: str) -> list[int]:
 @click.option("--max-rotation", default=30.0, show_default=True, type=float, help="Largest rotation, deg/s.")
 @click.option("--max-scale-rate", default=0.2, show_default=True, type=float, help="Largest |d log scale / dt|, 1/s.")
 @click.option("--noise-rate-hz", default=0.1, show_default=True, type=float, help="Background events per pixel.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Processes simulating sequences at once (the set is the same for any number).")
 def flow_data(out_dir, seeds, duration_ms, height, width, image, max_speed, max_rotation, max_scale_rate,
-              noise_rate_hz) -> None:
+              noise_rate_hz, workers) -> None:
     """Simulate a set of flow sequences (events, 10 ms count images, ground-truth flow) from generation SEEDS.
 
     Keep training and test seeds apart: flow-eval refuses a model trained on any of the test set's seeds.
@@ -70,22 +72,35 @@ def flow_data(out_dir, seeds, duration_ms, height, width, image, max_speed, max_
     seed_list = _seed_range(seeds)
 
     def run() -> None:
-        from events.cli import _photograph  # the same photograph per seed as 'spikebot events simulate'
-        from events.flow.dataset import SequenceSet, save_set, simulate_sequence
+        from concurrent.futures import ProcessPoolExecutor
+        from functools import partial
+
+        from events.flow.dataset import SequenceSet, save_set
         from spikebot.progress import progress
 
         clip = ClipConfig(height=height, width=width, duration_ms=duration_ms, max_speed_px_s=max_speed,
                           max_rotation_deg_s=max_rotation, max_scale_rate=max_scale_rate,
                           esim=EsimConfig(noise_rate_hz=noise_rate_hz))
-        sequences = []
-        for seed in progress(seed_list, desc="simulate"):
-            photo, source = _photograph(image, seed)
-            sequences.append(simulate_sequence(dataclasses.replace(clip, seed=seed), photo, source))
+        simulate = partial(_simulate_seed, clip, image)
+        if workers == 1:
+            sequences = [simulate(seed) for seed in progress(seed_list, desc="simulate")]
+        else:
+            with ProcessPoolExecutor(min(workers, len(seed_list))) as pool:
+                sequences = list(progress(pool.map(simulate, seed_list), desc="simulate", total=len(seed_list)))
         save_set(SequenceSet(clip, tuple(sequences)), out_dir)
         events = sum(len(s.events) for s in sequences)
         click.echo(f"{len(sequences)} sequences, {len(sequences[0].counts)} bins each, {events} events -> {out_dir}")
 
     _guarded(run)
+
+
+def _simulate_seed(clip: ClipConfig, image: str, seed: int):
+    """One sequence of a flow set (module level, so that worker processes can run it)."""
+    from events.cli import _photograph  # the same photograph per seed as 'spikebot events simulate'
+    from events.flow.dataset import simulate_sequence
+
+    photo, source = _photograph(image, seed)
+    return simulate_sequence(dataclasses.replace(clip, seed=seed), photo, source)
 
 
 @click.command("flow-train")
@@ -104,8 +119,9 @@ def flow_data(out_dir, seeds, duration_ms, height, width, image, max_speed, max_
 @click.option("--lr", "learning_rate", default=2e-3, show_default=True, type=float)
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--threads", default=1, show_default=True, type=int, help="torch threads.")
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA when available), cpu, cuda or cuda:N.")
 def flow_train(data, out_dir, kind, channels, residual_blocks, network_json, steps, batch, bins, crop, learning_rate,
-               seed, threads) -> None:
+               seed, threads, device) -> None:
     """Train a temporally dense flow network (one 10 ms bin per step) on a simulated set; save it to OUT."""
     try:
         channel_sizes = tuple(int(c) for c in channels.split(","))
@@ -130,7 +146,7 @@ def flow_train(data, out_dir, kind, channels, residual_blocks, network_json, ste
         except TypeError as error:
             raise click.BadParameter(str(error), param_hint="--network") from None
         config = FlowTrainConfig(network=network, steps=steps, batch=batch, bins=bins, crop=crop,
-                                 learning_rate=learning_rate, seed=seed, torch_threads=threads)
+                                 learning_rate=learning_rate, seed=seed, torch_threads=threads, device=device)
         train_set = load_set(data)
 
         def report(step: int, loss: float) -> None:

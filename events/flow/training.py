@@ -37,6 +37,7 @@ from events.flow.dataset import FlowSequence, SequenceSet, sample_batch
 from events.flow.metrics import FlowErrors
 from events.flow.models import FlowNet, FlowNetConfig, pad_to_multiple, parameter_count
 from spikebot.artefacts import file_sha256, read_checked_manifest
+from spikebot.devices import check_device_name, resolve_device
 from spikebot.progress import progress
 from spikebot.provenance import __version__, git_commit
 from vpr.errors import SpikebotError
@@ -50,7 +51,8 @@ class FlowModelError(SpikebotError):
 
 @dataclass(frozen=True)
 class FlowTrainConfig:
-    """Everything a training run depends on; saved with the model. ``torch_threads`` None keeps torch's default."""
+    """Everything a training run depends on; saved with the model. ``torch_threads`` None keeps torch's default;
+    ``device`` is where training runs (:mod:`spikebot.devices`; the one used is saved in the history)."""
 
     network: FlowNetConfig = field(default_factory=FlowNetConfig)
     steps: int = 500
@@ -61,8 +63,11 @@ class FlowTrainConfig:
     grad_clip: float = 1.0
     seed: int = 0
     torch_threads: int | None = 1
+    device: str = "auto"
 
     def __post_init__(self) -> None:
+        if check_device_name(self.device):
+            raise FlowModelError(check_device_name(self.device))
         if min(self.steps, self.batch, self.bins) < 1 or self.learning_rate <= 0 or self.grad_clip <= 0:
             raise FlowModelError("steps, batch and bins must be >= 1, learning_rate and grad_clip positive")
         if self.crop < 1 or self.crop % self.network.multiple:
@@ -137,9 +142,13 @@ def train(config: FlowTrainConfig, train_set: SequenceSet,
     """Train a fresh network on ``train_set``; ``on_step(step, loss)`` is called after every step."""
     if config.torch_threads is not None:
         torch.set_num_threads(config.torch_threads)
+    try:
+        device = resolve_device(config.device)
+    except ValueError as error:
+        raise FlowModelError(str(error)) from None
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    network = FlowNet(config.network)
+    network = FlowNet(config.network).to(device)
     optimiser = torch.optim.Adam(network.parameters(), lr=config.learning_rate)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimiser, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, config.steps) / config.steps)))
@@ -147,7 +156,7 @@ def train(config: FlowTrainConfig, train_set: SequenceSet,
     started = time.perf_counter()
     network.train()
     for step in progress(range(config.steps), desc=f"flow {config.network.kind}"):
-        counts, flow, valid = (torch.from_numpy(a) for a in
+        counts, flow, valid = (torch.from_numpy(a).to(device) for a in
                                sample_batch(train_set.sequences, config.batch, config.bins, config.crop, rng))
         scales, _ = network.forward_scales(counts)
         scale_losses = [masked_mse(estimate, flow, valid) for estimate in scales]
@@ -160,8 +169,8 @@ def train(config: FlowTrainConfig, train_set: SequenceSet,
         losses.append(scale_losses[-1].item())
         if on_step is not None:
             on_step(step, losses[-1])
-    history = {"loss": losses, "train_seconds": time.perf_counter() - started}
-    return FlowModel(network.eval(), config, train_set.seeds, history)
+    history = {"loss": losses, "train_seconds": time.perf_counter() - started, "device": str(device)}
+    return FlowModel(network.cpu().eval(), config, train_set.seeds, history)
 
 
 def check_held_out(model: FlowModel, test_set: SequenceSet) -> None:
