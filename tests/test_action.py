@@ -46,9 +46,9 @@ from events.action.training import (
     evaluate,
     train,
 )
+from events.cli import events as events_cli
 from events.io import make_events
 from events.representations import window_bounds
-from spikebot.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -367,38 +367,38 @@ def test_streamed_points_are_normalised_over_the_streams_sensor():
 def test_cli_data_train_eval(tmp_path):
     runner = CliRunner()
     data, model = tmp_path / "data", tmp_path / "model"
-    result = runner.invoke(main, ["events", "action-data", "--out", str(data), "--images", "procedural",
-                                  "--train-seeds", "1", "--test-seeds", "1", "--test-seed0", "9", "--size", "24",
-                                  "--duration-ms", "300"])
+    result = runner.invoke(events_cli, ["action-data", "--out", str(data), "--images", "procedural",
+                                        "--train-seeds", "1", "--test-seeds", "1", "--test-seed0", "9", "--size", "24",
+                                        "--duration-ms", "300"])
     assert result.exit_code == 0, result.output
     assert "16 clips (8 train, 8 test)" in result.output
     manifest = json.loads((data / "actions.json").read_text())
     assert manifest["config"]["train_seeds"] == 1 and manifest["sources"] == ["procedural"]
-    result = runner.invoke(main, ["events", "action-train", "--model", "spikepoint", "--out", str(model), "--data",
-                                  str(data), "--epochs", "1", "--window-ms", "150", "--stride-ms", "75", "--points",
-                                  "64", "--centroids", "8", "--k", "8",
-                                  "--network", json.dumps(SMALL_NETWORKS["spikepoint"])])
+    result = runner.invoke(events_cli, ["action-train", "--model", "spikepoint", "--out", str(model), "--data",
+                                        str(data), "--epochs", "1", "--window-ms", "150", "--stride-ms", "75", "--points",
+                                        "64", "--centroids", "8", "--k", "8",
+                                        "--network", json.dumps(SMALL_NETWORKS["spikepoint"])])
     assert result.exit_code == 0, result.output
     assert "spikepoint on test: window accuracy" in result.output
     saved = json.loads((model / "eval.json").read_text())
     assert saved["split"] == "test" and saved["clips"] + saved["clips_without_windows"] == 8
-    result = runner.invoke(main, ["events", "action-eval", str(model), "--data", str(data), "--json"])
+    result = runner.invoke(events_cli, ["action-eval", str(model), "--data", str(data), "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["window_accuracy"] == saved["window_accuracy"] and report["same_data_config_as_training"]
-    result = runner.invoke(main, ["events", "action-train", "--model", "pointnet", "--out", str(tmp_path / "m2"),
-                                  "--data", str(data), "--epochs", "1"])
+    result = runner.invoke(events_cli, ["action-train", "--model", "pointnet", "--out", str(tmp_path / "m2"),
+                                        "--data", str(data), "--epochs", "1"])
     # The default 500 ms windows do not fit the 300 ms clips: a clear error, not a crash.
     assert result.exit_code == 1 and "no window" in result.output, result.output
 
 
 def test_cli_errors(tmp_path):
     runner = CliRunner()
-    result = runner.invoke(main, ["events", "action-train", "--model", "spikepoint", "--out", str(tmp_path / "m"),
-                                  "--data", str(tmp_path / "data"), "--network", "[1]", "--images", "procedural"])
+    result = runner.invoke(events_cli, ["action-train", "--model", "spikepoint", "--out", str(tmp_path / "m"),
+                                        "--data", str(tmp_path / "data"), "--network", "[1]", "--images", "procedural"])
     assert result.exit_code != 0 and "JSON object" in result.output
-    result = runner.invoke(main, ["events", "action-train", "--model", "spikepoint", "--out", str(tmp_path / "m"),
-                                  "--data", str(tmp_path / "data"), "--images", str(tmp_path / "missing")])
+    result = runner.invoke(events_cli, ["action-train", "--model", "spikepoint", "--out", str(tmp_path / "m"),
+                                        "--data", str(tmp_path / "data"), "--images", str(tmp_path / "missing")])
     assert result.exit_code != 0 and "not a folder" in result.output
-    result = runner.invoke(main, ["events", "action-eval", str(tmp_path / "none"), "--data", str(tmp_path)])
+    result = runner.invoke(events_cli, ["action-eval", str(tmp_path / "none"), "--data", str(tmp_path)])
     assert result.exit_code == 1 and "not a spikebot action model" in result.output

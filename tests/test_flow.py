@@ -8,6 +8,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from events.cli import events as events_cli
 from events.flow.contrast_max import ContrastMaxConfig, contrast_max_flow
 from events.flow.dataset import (
     FlowDataError,
@@ -36,7 +37,6 @@ from events.flow.visualise import colour_wheel, flow_to_rgb, render_flow_panels
 from events.io import EVENT_DTYPE, EventRecording, make_events, write_events_npz
 from events.representations import to_count_images
 from events.simulator import AffineMotion, ClipConfig, simulate_clip
-from spikebot.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -405,7 +405,7 @@ def test_streamed_flow_equals_stepping_the_network_offline_with_empty_bins_as_ze
 # -- command line ----------------------------------------------------------------------------------------------------
 
 def _invoke(*args: str):
-    return CliRunner().invoke(main, ["events", *args])
+    return CliRunner().invoke(events_cli, list(args))
 
 
 def test_cli_data_train_eval_show(tmp_path, monkeypatch):
