@@ -157,13 +157,12 @@ def main() -> None:
     def log(message: str) -> None:
         print(f"[{time.monotonic() - start:6.1f} s] {message}", flush=True)
 
-    import torch
-
-    summary["machine"] = {"torch": torch.__version__, "cuda": torch.cuda.is_available(),
-                          "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-                          "cpus": os.cpu_count()}
+    summary["mps"] = start_mps(log) if options.mps and shutil.which("nvidia-smi") else False
+    probe = ("import json, os, torch; print(json.dumps({'torch': torch.__version__, 'cuda': torch.cuda.is_available(), "
+             "'gpu': torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, 'cpus': os.cpu_count()}))")
+    summary["machine"] = json.loads(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                                                   check=True).stdout)  # in a child: MPS must start before CUDA here
     log(f"machine: {summary['machine']}")
-    summary["mps"] = start_mps(log) if options.mps and torch.cuda.is_available() else False
 
     sets = {"train": options.train_seeds, "val": options.val_seeds, "test": options.test_seeds}
     data = {name: out / "flow_data" / name for name in sets}
