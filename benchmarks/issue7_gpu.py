@@ -145,6 +145,7 @@ def main() -> None:
     parser.add_argument("--safety", type=float, default=0.8, help="Share of the time left that training plans on.")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--mps", action="store_true", help="Try CUDA MPS (needs nvidia-cuda-mps-control).")
+    parser.add_argument("--families", default="flow,action", help="Which jobs to run: flow, action or both.")
     options = parser.parse_args()
     start = time.monotonic()
     deadline = start + options.seconds
@@ -176,7 +177,9 @@ def main() -> None:
     summary["flow_data_checksums"] = {name: array_checksums(folder) for name, folder in data.items()}
     log(f"flow sets ready: {summary['flow_data_checksums']}")
 
-    jobs = flow_jobs(data["train"], options.flow_batch) + action_jobs(options.action_data)
+    families = set(options.families.split(","))
+    jobs = ((flow_jobs(data["train"], options.flow_batch) if "flow" in families else [])
+            + (action_jobs(options.action_data) if "action" in families else []))
     calibration = out / "calibration"
     for attempt in ("auto", "cpu"):
         todo = [job for job in jobs if job.seconds_per_unit is None and (attempt == "auto" or job.device == "cpu")]
