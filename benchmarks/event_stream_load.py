@@ -15,7 +15,11 @@ per-message deflate at both ends instead, to show what it costs on chunks that a
 Reports per coding: bits per event on the wire, events/s (acknowledged events over the time after
 ``--warmup`` s), megabytes/s, the server's CPU seconds per second of wall (all its threads, ``/proc``), chunks
 refused and answers received; and, without network, the client's encode rate and the server's per-chunk work in
-process (decode, 10 ms bins, stats) on one thread. The client runs on the same machine as the server: on a
+process (decode, 10 ms bins, stats) on one thread. ``--processors flow,action`` with ``--flow-model`` and
+``--action-model`` (saved models, handed to the service it starts) runs the learned processors in the stream
+instead: the rate is then bounded by the networks, and the table adds the real-time factor (seconds of event time
+processed per second of wall time: above 1, the stream keeps up with the camera) and the networks' own median
+milliseconds per answer. The client runs on the same machine as the server: on a
 small, shared machine its CPU use is part of what is measured. ``--json PATH`` keeps the numbers.
 """
 
@@ -73,12 +77,13 @@ def load_events(args) -> tuple[np.ndarray, int, int, str]:
     return clip.events, 346, 260, f"simulated clip 346x260, 300 ms ({missing})"
 
 
-def start_server(port: int, log_path: Path, deflate: bool) -> subprocess.Popen:
+def start_server(port: int, log_path: Path, deflate: bool, models: dict[str, str]) -> subprocess.Popen:
+    """uvicorn with the service on ``port``; ``models`` are settings (environment variables) naming saved models."""
     command = [sys.executable, "-m", "uvicorn", "--factory", "server.app:create_app", "--host", "127.0.0.1",
                "--port", str(port), "--log-level", "warning", "--ws-per-message-deflate", str(deflate).lower()]
-    print(f"# server: {shlex.join(command)}  (log {log_path})", file=sys.stderr)
+    print(f"# server: {shlex.join(command)} {models} (log {log_path})", file=sys.stderr)
     log = open(log_path, "w")  # noqa: SIM115 (the server process writes it until it ends)
-    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=os.environ | models)
 
 
 # ---------------------------------------------------------------------------------------------------- offline
@@ -134,12 +139,14 @@ def restamped(chunks: list[bytes], span_us: int):
 
 
 async def stream(url: str, chunks: list[bytes], span_us: int, width: int, height: int, duration: float,
-                 warmup: float, window: int, api_key: str | None, deflate: bool) -> dict:
+                 warmup: float, window: int, api_key: str | None, deflate: bool, processors: str) -> dict:
     from websockets.asyncio.client import connect
 
-    target = url.replace("http", "ws", 1) + f"/v1/events/stream?width={width}&height={height}"
+    target = url.replace("http", "ws", 1) + f"/v1/events/stream?width={width}&height={height}&processors={processors}"
     headers = {"X-API-Key": api_key} if api_key else {}
-    counts = {"acked_events": 0, "acked_chunks": 0, "answers": 0, "errors": {}, "sent_bytes": 0, "summary": None}
+    counts = {"acked_events": 0, "acked_chunks": 0, "answers": 0, "answers_by_type": {}, "errors": {},
+              "sent_bytes": 0, "summary": None}
+    compute_ms: dict[str, list[float]] = {}
     marks: list[tuple[float, int, int]] = []  # (time, acknowledged events, acknowledged bytes) at each ack
     sizes: dict[int, int] = {}
     async with connect(target, compression="deflate" if deflate else None, max_size=None,
@@ -165,6 +172,9 @@ async def stream(url: str, chunks: list[bytes], span_us: int, width: int, height
                     counts["summary"] = answer
                 else:
                     counts["answers"] += 1
+                    counts["answers_by_type"][kind] = counts["answers_by_type"].get(kind, 0) + 1
+                    if "compute_ms" in answer:
+                        compute_ms.setdefault(kind, []).append(answer["compute_ms"])
 
         receiver = asyncio.create_task(receive())
         start = time.perf_counter()
@@ -185,7 +195,8 @@ async def stream(url: str, chunks: list[bytes], span_us: int, width: int, height
     first, last = np.flatnonzero(steady)[[0, -1]]
     seconds = times[last] - times[first]
     return {**counts, "seconds": seconds, "events_per_s": (acked[last] - acked[first]) / seconds,
-            "megabytes_per_s": (wire[last] - wire[first]) / seconds / 1e6, "wall_s": time.perf_counter() - start}
+            "megabytes_per_s": (wire[last] - wire[first]) / seconds / 1e6, "wall_s": time.perf_counter() - start,
+            "median_compute_ms": {kind: float(np.median(values)) for kind, values in compute_ms.items()}}
 
 
 # ---------------------------------------------------------------------------------------------------- main
@@ -203,6 +214,9 @@ def main(argv=None) -> int:
     parser.add_argument("--codings", default="plain,zstd", help=f"Comma separated, of {list(CODINGS)}.")
     parser.add_argument("--deflate", action="store_true", help="Negotiate per-message deflate (both ends), to "
                         "see what it costs on chunks that are compressed already; off by default.")
+    parser.add_argument("--processors", default="stats", help="The stream's processors: stats, flow, action.")
+    parser.add_argument("--flow-model", help="A saved flow model for the service's 'flow' processor.")
+    parser.add_argument("--action-model", help="A saved action model for the service's 'action' processor.")
     parser.add_argument("--json", help="Write the numbers here too.")
     args = parser.parse_args(argv)
     codings = args.codings.split(",")
@@ -226,8 +240,10 @@ def main(argv=None) -> int:
     else:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
+        models = {name: str(Path(path).resolve()) for name, path in (
+            ("SPIKEBOT_EVENT_FLOW_MODEL", args.flow_model), ("SPIKEBOT_EVENT_ACTION_MODEL", args.action_model)) if path}
         process = start_server(port, Path(os.environ.get("TMPDIR", "/tmp")) / f"spikebot-events-{port}.log",
-                               args.deflate)
+                               args.deflate, models)
     results = {}
     try:
         wait_ready(url, process, 120)
@@ -236,7 +252,7 @@ def main(argv=None) -> int:
             client_before = cpu_seconds(os.getpid())
             load_before = os.getloadavg()[0]
             run = asyncio.run(stream(url, offline[name]["chunks"], span_us, width, height, args.duration,
-                                     args.warmup, args.window, args.api_key, args.deflate))
+                                     args.warmup, args.window, args.api_key, args.deflate, args.processors))
             cpu_after = cpu_seconds(process.pid) if process else None
             run["server_cpu_per_s"] = (cpu_after - cpu_before) / run["wall_s"] if cpu_before is not None else None
             run["client_cpu_per_s"] = (cpu_seconds(os.getpid()) - client_before) / run["wall_s"]
@@ -256,15 +272,22 @@ def main(argv=None) -> int:
           f"per-message deflate {'on' if args.deflate else 'off'}")
     print(f"# JSON ([t, x, y, p] per event) would take {json_bits:.0f} bits/event")
     print()
-    print("| coding | bits/event | events/s sustained | MB/s | server CPU s/s | client CPU s/s | chunks acked "
-          "| refused | answers | encode ev/s (client) | decode ev/s (1 thread) | decode+bins+stats ev/s (1 thread) "
-          "| load avg |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    event_rate = len(events) / max(span_us, 1) * 1e6  # events per second of event time
+    print(f"# processors: {args.processors}" + "".join(f"; {name} {path}" for name, path in (
+        ("flow model", args.flow_model), ("action model", args.action_model)) if path))
+    print()
+    print("| coding | bits/event | events/s sustained | x real time | MB/s | server CPU s/s | client CPU s/s "
+          "| chunks acked | refused | answers | network ms per answer (median) | encode ev/s (client) "
+          "| decode ev/s (1 thread) | decode+bins+stats ev/s (1 thread) | load avg |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
         cpu = "-" if r["server_cpu_per_s"] is None else f"{r['server_cpu_per_s']:.2f}"
-        print(f"| {name} | {r['bits_per_event']:.1f} | {r['events_per_s'] / 1e6:.2f} M | {r['megabytes_per_s']:.1f} "
+        answers = ", ".join(f"{kind} {n}" for kind, n in r["answers_by_type"].items()) or "0"
+        network_ms = ", ".join(f"{kind} {ms:.1f}" for kind, ms in r["median_compute_ms"].items()) or "-"
+        print(f"| {name} | {r['bits_per_event']:.1f} | {r['events_per_s'] / 1e6:.2f} M "
+              f"| {r['events_per_s'] / event_rate:.2f} | {r['megabytes_per_s']:.1f} "
               f"| {cpu} | {r['client_cpu_per_s']:.2f} | {r['acked_chunks']} | {r['errors'].get('overloaded', 0)} "
-              f"| {r['answers']} "
+              f"| {answers} | {network_ms} "
               f"| {r['encode_events_per_s'] / 1e6:.1f} M | {r['decode_events_per_s'] / 1e6:.1f} M "
               f"| {r['process_events_per_s'] / 1e6:.1f} M | {r['load_before']:.1f} -> {r['load_after']:.1f} |")
     other = {name: r["errors"] for name, r in results.items() if set(r["errors"]) - {"overloaded"}}
