@@ -129,18 +129,6 @@ def test_recurrent_encoders_feed_their_last_spikes_back_sideways():
     assert parameter_count(network) - parameter_count(FlowNet(FlowNetConfig(channels=(4, 8)))) == 9 * (4 * 4 + 8 * 8)
 
 
-def test_flows_can_be_read_straight_from_the_heads():
-    leaky, direct = FlowNet(FlowNetConfig(channels=(4, 8, 8))), FlowNet(FlowNetConfig(channels=(4, 8, 8),
-                                                                                      leaky_readout=False))
-    assert direct.readout is None and direct.coarse_readouts is None
-    assert parameter_count(leaky) - parameter_count(direct) == 3 * 2  # one leak per flow component and scale
-    direct.eval()
-    counts = torch.rand(1, 2, 16, 16) * 3
-    with torch.no_grad():
-        flows, _ = direct.step_scales(counts)
-        assert len(flows) == 3 and all(torch.isfinite(flow).all() for flow in flows)
-
-
 def test_surrogate_and_leak_spread_are_configured():
     config = FlowNetConfig(surrogate="tanh", surrogate_alpha=5.0, leak_spread=2.0, channels=(8, 16))
     layer = FlowNet(config).encoders[0]
@@ -347,7 +335,7 @@ def test_manifests_from_before_a_setting_existed_load_with_the_values_they_were_
     manifest = json.loads((tmp_path / "model" / "flow_model.json").read_text())
     for section in (manifest["network"], manifest["train"]["network"]):
         for name in ("coarse_flows", "leak_spread", "reset", "detach_reset", "surrogate", "surrogate_alpha",
-                     "recurrent_encoders", "leaky_readout"):
+                     "recurrent_encoders"):
             del section[name]
     (tmp_path / "model" / "flow_model.json").write_text(json.dumps(manifest))
     loaded = FlowModel.load(tmp_path / "model")

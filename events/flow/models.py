@@ -60,8 +60,7 @@ def _detached(reset: Callable) -> Callable:
 
 
 LEGACY_SETTINGS: dict[str, Any] = {"coarse_flows": False, "leak_spread": 0.0, "reset": "zero", "detach_reset": False,
-                                   "surrogate": "super", "surrogate_alpha": 1.0, "recurrent_encoders": False,
-                                   "leaky_readout": True}
+                                   "surrogate": "super", "surrogate_alpha": 1.0, "recurrent_encoders": False}
 """What the networks saved before each of these settings existed were built and trained with."""
 
 _DT = 1e-3  # norse's integration step; only dt * tau_mem_inv (the leak per bin) matters
@@ -83,9 +82,7 @@ class FlowNetConfig:
     gradient, 1 / (|v - v_th| + 1)^2, reaches far from the threshold; through seven layers and six bins that
     trained slowly, and ``tanh`` with alpha 5 learnt several times faster. Manifests written before a setting
     existed are read with :data:`LEGACY_SETTINGS`, the values those networks were built with.
-    ``recurrent_encoders`` makes the encoder levels :class:`RecurrentConvLIF` layers. ``leaky_readout`` False
-    (spiking only) reads every flow straight from its head, a linear map of the bin's spikes, as the flow paper's
-    released network does, instead of through :class:`LeakyReadout`."""
+    ``recurrent_encoders`` makes the encoder levels :class:`RecurrentConvLIF` layers."""
 
     kind: str = "spiking"
     channels: tuple[int, ...] = (8, 16, 32)
@@ -99,7 +96,6 @@ class FlowNetConfig:
     surrogate: str = "tanh"
     surrogate_alpha: float = 5.0
     recurrent_encoders: bool = False
-    leaky_readout: bool = True
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -252,11 +248,11 @@ class FlowNet(nn.Module):
         self.decoders = nn.ModuleList(layer(channels[i + 1] + channels[i] + extra, channels[i])
                                       for i in reversed(range(len(channels) - 1)))
         self.head = nn.Conv2d(channels[0], 2, 3, 1, 1)
-        leaky = config.kind == "spiking" and config.leaky_readout
-        self.readout = LeakyReadout(2, config.init_leak) if leaky else None
+        spiking = config.kind == "spiking"
+        self.readout = LeakyReadout(2, config.init_leak) if spiking else None
         coarse = [channels[i + 1] for i in reversed(range(len(channels) - 1))] if config.coarse_flows else []
         self.coarse_heads = nn.ModuleList(nn.Conv2d(c, 2, 1) for c in coarse)
-        self.coarse_readouts = nn.ModuleList(LeakyReadout(2, config.init_leak) for _ in coarse) if leaky else None
+        self.coarse_readouts = nn.ModuleList(LeakyReadout(2, config.init_leak) for _ in coarse) if spiking else None
 
     def step(self, counts: torch.Tensor, state: list | None = None) -> tuple[torch.Tensor, list]:
         """Flow (B, 2, H, W) for one bin of OFF/ON counts (B, 2, H, W), and the state for the next bin."""
