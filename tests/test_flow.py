@@ -328,6 +328,22 @@ def test_training_on_cuda_gives_a_cpu_model_that_matches_its_loss(kind, tiny_set
     assert flows.shape == tiny_set.sequences[0].flow.shape and np.isfinite(flows).all()
 
 
+def test_warmup_bins_run_without_gradients_and_hand_their_state_to_the_trained_bins(tiny_set, monkeypatch):
+    calls = []
+    original = FlowNet.forward_scales
+
+    def spy(self, counts, state=None):
+        calls.append((len(counts), state is None, torch.is_grad_enabled()))
+        return original(self, counts, state)
+
+    monkeypatch.setattr(FlowNet, "forward_scales", spy)
+    config = FlowTrainConfig(network=FlowNetConfig(**TINY), steps=2, batch=2, bins=2, crop=16, warmup_bins=1)
+    model = train(config, tiny_set)
+    assert calls == [(1, True, False), (2, False, True)] * 2 and np.isfinite(model.history["loss"]).all()
+    with pytest.raises(FlowModelError, match="warmup_bins"):
+        FlowTrainConfig(network=FlowNetConfig(**TINY), warmup_bins=-1)
+
+
 def test_manifests_from_before_a_setting_existed_load_with_the_values_they_were_built_with(tiny_set, tmp_path):
     legacy = FlowNetConfig(**TINY, coarse_flows=False, detach_reset=False, surrogate="super", surrogate_alpha=1.0)
     model = train(FlowTrainConfig(network=legacy, steps=1, batch=1, bins=1, crop=16), tiny_set)

@@ -116,12 +116,14 @@ def _simulate_seed(clip: ClipConfig, image: str, seed: int):
 @click.option("--batch", default=8, show_default=True, type=int)
 @click.option("--bins", default=8, show_default=True, type=int, help="10 ms bins per window (BPTT length).")
 @click.option("--crop", default=64, show_default=True, type=int, help="Side of the random training crops (px).")
+@click.option("--warmup-bins", default=0, show_default=True, type=int,
+              help="Bins run without gradients before each window, so that training starts from a warm state.")
 @click.option("--lr", "learning_rate", default=2e-3, show_default=True, type=float)
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--threads", default=1, show_default=True, type=int, help="torch threads.")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when available), cpu, cuda or cuda:N.")
 def flow_train(data, out_dir, kind, channels, residual_blocks, network_json, steps, batch, bins, crop, learning_rate,
-               seed, threads, device) -> None:
+               seed, threads, device, warmup_bins) -> None:
     """Train a temporally dense flow network (one 10 ms bin per step) on a simulated set; save it to OUT."""
     try:
         channel_sizes = tuple(int(c) for c in channels.split(","))
@@ -146,7 +148,8 @@ def flow_train(data, out_dir, kind, channels, residual_blocks, network_json, ste
         except TypeError as error:
             raise click.BadParameter(str(error), param_hint="--network") from None
         config = FlowTrainConfig(network=network, steps=steps, batch=batch, bins=bins, crop=crop,
-                                 learning_rate=learning_rate, seed=seed, torch_threads=threads, device=device)
+                                 learning_rate=learning_rate, seed=seed, torch_threads=threads, device=device,
+                                 warmup_bins=warmup_bins)
         train_set = load_set(data)
 
         def report(step: int, loss: float) -> None:

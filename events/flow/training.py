@@ -2,7 +2,9 @@
 
 Training is the paper's supervised recipe, slimmed for a CPU: windows of ``bins`` consecutive 10 ms bins cropped
 to ``crop`` x ``crop`` (:func:`events.flow.dataset.sample_batch`), the network stepped through them from a zero
-state (backpropagation through time), and the mean squared error against the ground-truth flow of every bin over
+state (backpropagation through time) or, with ``warmup_bins``, from the state that many earlier bins left, run
+without gradients (the flow paper's released training does this: the trained bins then start from a network that
+has seen motion, as every bin after the first does at inference), and the mean squared error against the ground-truth flow of every bin over
 the pixels where it is defined (dense supervision: the simulator knows the flow everywhere, events or not), averaged
 over the predicted scales when the network has coarse flow heads (the loss curve saved is the output's). Adam
 with a cosine decay of the learning rate, gradients clipped by norm (recurrent nets and LIF surrogates
@@ -64,12 +66,15 @@ class FlowTrainConfig:
     seed: int = 0
     torch_threads: int | None = 1
     device: str = "auto"
+    warmup_bins: int = 0
 
     def __post_init__(self) -> None:
         if check_device_name(self.device):
             raise FlowModelError(check_device_name(self.device))
         if min(self.steps, self.batch, self.bins) < 1 or self.learning_rate <= 0 or self.grad_clip <= 0:
             raise FlowModelError("steps, batch and bins must be >= 1, learning_rate and grad_clip positive")
+        if self.warmup_bins < 0:
+            raise FlowModelError(f"warmup_bins must be >= 0, got {self.warmup_bins}")
         if self.crop < 1 or self.crop % self.network.multiple:
             raise FlowModelError(f"crop must be a positive multiple of {self.network.multiple} (one halving per "
                                  f"level), got {self.crop}")
@@ -156,10 +161,15 @@ def train(config: FlowTrainConfig, train_set: SequenceSet,
     started = time.perf_counter()
     network.train()
     for step in progress(range(config.steps), desc=f"flow {config.network.kind}"):
-        counts, flow, valid = (torch.from_numpy(a).to(device) for a in
-                               sample_batch(train_set.sequences, config.batch, config.bins, config.crop, rng))
-        scales, _ = network.forward_scales(counts)
-        scale_losses = [masked_mse(estimate, flow, valid) for estimate in scales]
+        counts, flow, valid = (torch.from_numpy(a).to(device) for a in sample_batch(
+            train_set.sequences, config.batch, config.warmup_bins + config.bins, config.crop, rng))
+        state = None
+        if config.warmup_bins:
+            with torch.no_grad():
+                _, state = network.forward_scales(counts[:config.warmup_bins])
+        scales, _ = network.forward_scales(counts[config.warmup_bins:], state)
+        trained = slice(config.warmup_bins, None)
+        scale_losses = [masked_mse(estimate, flow[trained], valid[trained]) for estimate in scales]
         loss = torch.stack(scale_losses).mean()
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
