@@ -205,7 +205,8 @@ def main() -> None:
     if flow:
         bins_budget = planned / max(job.seconds_per_unit / job.bins for job in flow)
         for job in flow:
-            job.units = max(1, int(bins_budget / job.bins) // 100 * 100 or int(bins_budget / job.bins))
+            steps = int(bins_budget / job.bins)
+            job.units = max(1, steps // 100 * 100 if steps >= 100 else steps)  # round hundreds, for readable tables
     if action:
         epochs = max(1, int(planned / max(job.seconds_per_unit for job in action)))
         for job in action:

@@ -140,8 +140,8 @@ class TrainConfig:
             raise TrainError(f"eval_max_episode_steps must be in 1..500, got {self.eval_max_episode_steps}")
         if self.torch_threads is not None and self.torch_threads < 1:
             raise TrainError(f"torch_threads must be positive, got {self.torch_threads}")
-        if check_device_name(self.device):
-            raise TrainError(check_device_name(self.device))
+        if problem := check_device_name(self.device):
+            raise TrainError(problem)
         clash = {"obs_horizon", "pred_horizon"} & set(self.network)
         if clash:
             raise TrainError(f"set {sorted(clash)} on the TrainConfig, not in network")

@@ -80,8 +80,8 @@ class ActionTrainConfig:
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        if check_device_name(self.device):
-            raise ActionModelError(check_device_name(self.device))
+        if problem := check_device_name(self.device):
+            raise ActionModelError(problem)
         if self.model not in MODELS:
             raise ActionModelError(f"unknown model {self.model!r}: expected one of {sorted(MODELS)}")
         if self.epochs < 1 or self.batch_size < 1 or self.seed < 0:

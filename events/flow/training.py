@@ -69,8 +69,8 @@ class FlowTrainConfig:
     warmup_bins: int = 0
 
     def __post_init__(self) -> None:
-        if check_device_name(self.device):
-            raise FlowModelError(check_device_name(self.device))
+        if problem := check_device_name(self.device):
+            raise FlowModelError(problem)
         if min(self.steps, self.batch, self.bins) < 1 or self.learning_rate <= 0 or self.grad_clip <= 0:
             raise FlowModelError("steps, batch and bins must be >= 1, learning_rate and grad_clip positive")
         if self.warmup_bins < 0:
