@@ -189,10 +189,7 @@ class TrainConfig:
         return cls.from_dict(document["config"])
 
     def resolved_device(self) -> torch.device:
-        try:
-            return resolve_device(self.device)
-        except ValueError as error:
-            raise TrainError(str(error)) from None
+        return resolve_device(self.device, TrainError)
 
 
 @dataclass

@@ -215,10 +215,7 @@ def train(action_set: ActionSet, config: ActionTrainConfig, out_dir: str | Path,
     windows = split_windows(action_set, "train", config.points)
     if len(windows) == 0:
         raise ActionModelError("the training split has no window with enough events")
-    try:
-        device = resolve_device(config.device)
-    except ValueError as error:
-        raise ActionModelError(str(error)) from None
+    device = resolve_device(config.device, ActionModelError)
     with torch.random.fork_rng(devices=[]):  # the weights and dropout draws: functions of the seed
         torch.manual_seed(config.seed)
         network = build_model(config.network_config())

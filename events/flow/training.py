@@ -4,11 +4,11 @@ Training is the paper's supervised recipe, slimmed for a CPU: windows of ``bins`
 to ``crop`` x ``crop`` (:func:`events.flow.dataset.sample_batch`), the network stepped through them from a zero
 state (backpropagation through time) or, with ``warmup_bins``, from the state that many earlier bins left, run
 without gradients (the flow paper's released training does this: the trained bins then start from a network that
-has seen motion, as every bin after the first does at inference), and the mean squared error against the ground-truth flow of every bin over
-the pixels where it is defined (dense supervision: the simulator knows the flow everywhere, events or not), averaged
-over the predicted scales when the network has coarse flow heads (the loss curve saved is the output's). Adam
-with a cosine decay of the learning rate, gradients clipped by norm (recurrent nets and LIF surrogates
-occasionally spike). Every random draw comes from ``seed``.
+has seen motion, as every bin after the first does at inference), and the mean squared error against the
+ground-truth flow of every bin over the pixels where it is defined (dense supervision: the simulator knows the
+flow everywhere, events or not), averaged over the predicted scales when the network has coarse flow heads (the
+loss curve saved is the output's). Adam with a cosine decay of the learning rate, gradients clipped by norm
+(recurrent nets and LIF surrogates occasionally spike). Every random draw comes from ``seed``.
 
 A model is a folder with ``flow_model.json`` (format, versions, network configuration, training configuration,
 the training set's seeds, a history with the loss curve and, from the CLI, the set's folder and checksum) and
@@ -147,10 +147,7 @@ def train(config: FlowTrainConfig, train_set: SequenceSet,
     """Train a fresh network on ``train_set``; ``on_step(step, loss)`` is called after every step."""
     if config.torch_threads is not None:
         torch.set_num_threads(config.torch_threads)
-    try:
-        device = resolve_device(config.device)
-    except ValueError as error:
-        raise FlowModelError(str(error)) from None
+    device = resolve_device(config.device, FlowModelError)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     network = FlowNet(config.network).to(device)
@@ -167,8 +164,8 @@ def train(config: FlowTrainConfig, train_set: SequenceSet,
         if config.warmup_bins:
             with torch.no_grad():
                 _, state = network.forward_scales(counts[:config.warmup_bins])
-        scales, _ = network.forward_scales(counts[config.warmup_bins:], state)
         trained = slice(config.warmup_bins, None)
+        scales, _ = network.forward_scales(counts[trained], state)
         scale_losses = [masked_mse(estimate, flow[trained], valid[trained]) for estimate in scales]
         loss = torch.stack(scale_losses).mean()
         optimiser.zero_grad(set_to_none=True)
